@@ -1,0 +1,293 @@
+//! The connection tracker: wraps listeners and streams, knows which
+//! connections are idle or busy, and drains them without cutting a request.
+//!
+//! - A [`TrackedListener`] stops accepting and closes its fd as soon as
+//!   draining starts.
+//! - A [`Tracked`] stream keeps a per-connection state, **New**, **Busy** or
+//!   **Idle**, and at drain ends idle connections by half-closing their read
+//!   side, so the application's pending `read` returns `Ok(0)`.
+//! - The [`Tracker`] ties them to a [`Shutdown`] and counts connections.
+//!
+//! Nothing here spawns a task. Idle connections are reached through the
+//! kernel (a read-side `shutdown(2)` wakes the application's own read), and
+//! timers run inside the application's own reads.
+
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::shutdown::{PhaseHook, Shutdown};
+use crate::sys;
+
+mod listener;
+mod registry;
+mod stream;
+
+pub use listener::{Accept, TrackedListener};
+pub use stream::{BusyGuard, Tracked};
+
+use registry::{ConnState, Registry};
+
+/// How a connection's Busy/Idle state is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// A read that returns data makes the connection Busy; a completed write
+    /// or flush followed by a read that finds nothing makes it Idle. Right for
+    /// request/response protocols such as HTTP/1.
+    #[default]
+    Automatic,
+    /// The connection is Busy exactly while the application holds a
+    /// [`BusyGuard`] (see [`Tracked::busy`]). For streaming, server push or
+    /// pipelined RPC, where the automatic heuristic would be wrong.
+    Manual,
+}
+
+/// Tuning for a [`Tracker`].
+///
+/// ```
+/// use std::time::Duration;
+/// use seamless::conn::{Config, Policy};
+///
+/// let config = Config::default()
+///     .first_byte_grace(Duration::from_millis(500))
+///     .policy(Policy::Manual);
+/// assert_eq!(config.get_first_byte_grace(), Duration::from_millis(500));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    first_byte_grace: Duration,
+    linger: Duration,
+    policy: Policy,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            first_byte_grace: Duration::from_secs(1),
+            linger: Duration::from_millis(500),
+            policy: Policy::Automatic,
+        }
+    }
+}
+
+impl Config {
+    /// How long a connection that has not sent its first byte yet is given,
+    /// once draining starts, before it is closed (default 1 s, never past the
+    /// deadline). A client that has just connected has usually sent its
+    /// request already; this lets it arrive.
+    pub fn first_byte_grace(mut self, grace: Duration) -> Self {
+        self.first_byte_grace = grace;
+        self
+    }
+
+    /// How long a drained connection keeps discarding what the peer still
+    /// sends after our FIN, before it closes (default 500 ms, never past the
+    /// deadline). Closing with unread data would reset the peer.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// How Busy and Idle are decided (default [`Policy::Automatic`]).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The first-byte grace in force.
+    pub fn get_first_byte_grace(&self) -> Duration {
+        self.first_byte_grace
+    }
+
+    /// The linger time in force.
+    pub fn get_linger(&self) -> Duration {
+        self.linger
+    }
+
+    /// The policy in force.
+    pub fn get_policy(&self) -> Policy {
+        self.policy
+    }
+}
+
+/// A snapshot of the tracker's connection counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Every tracked connection that is still alive.
+    pub total: usize,
+    /// Accepted, no byte read yet.
+    pub new: usize,
+    /// A request is in progress.
+    pub busy: usize,
+    /// Waiting for the next request.
+    pub idle: usize,
+    /// Being closed by the drain (lingering after our FIN).
+    pub closing: usize,
+}
+
+pub(crate) const NEW: u8 = 0;
+pub(crate) const BUSY: u8 = 1;
+pub(crate) const IDLE: u8 = 2;
+pub(crate) const CLOSING: u8 = 3;
+/// Unregistered: no longer counted.
+const GONE: u8 = 4;
+
+/// Tracks the connections of one service and drains them when its
+/// [`Shutdown`] starts draining.
+///
+/// Cloning is cheap; all clones share the same connections and counts.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::net::TcpListener;
+/// use async_io::Async;
+/// use futures_lite::{AsyncReadExt, AsyncWriteExt};
+/// use seamless::{Shutdown, Tracker};
+///
+/// # futures_lite::future::block_on(async {
+/// let shutdown = Shutdown::new();
+/// let tracker = Tracker::new(&shutdown);
+/// let mut listener = tracker.listen(Async::<TcpListener>::bind(([127, 0, 0, 1], 0))?);
+///
+/// // `None` means draining has started: leave the accept loop.
+/// while let Some((mut stream, _peer)) = listener.accept().await? {
+///     let mut buf = [0; 1024];
+///     // A drained idle connection reads `Ok(0)`, ending this loop by itself.
+///     while let Ok(n @ 1..) = stream.read(&mut buf).await {
+///         stream.write_all(&buf[..n]).await?;
+///     }
+/// }
+/// # std::io::Result::Ok(()) });
+/// ```
+#[derive(Clone)]
+pub struct Tracker {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) shutdown: Shutdown,
+    pub(crate) config: Config,
+    pub(crate) registry: Registry,
+    counts: [AtomicUsize; 4],
+}
+
+impl fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tracker")
+            .field("config", &self.shared.config)
+            .field("counts", &self.counts())
+            .finish()
+    }
+}
+
+impl Tracker {
+    /// A tracker with the default [`Config`].
+    pub fn new(shutdown: &Shutdown) -> Self {
+        Self::with_config(shutdown, Config::default())
+    }
+
+    /// A tracker with the given [`Config`].
+    pub fn with_config(shutdown: &Shutdown, config: Config) -> Self {
+        let shared = Arc::new(Shared {
+            shutdown: shutdown.clone(),
+            config,
+            registry: Registry::default(),
+            counts: Default::default(),
+        });
+        let hook: Arc<dyn PhaseHook> = shared.clone();
+        shutdown.add_hook(Arc::downgrade(&hook));
+        Tracker { shared }
+    }
+
+    /// Wraps a listener, so that it stops accepting when draining starts and
+    /// hands out [`Tracked`] streams.
+    pub fn listen<L: Accept>(&self, listener: L) -> TrackedListener<L> {
+        TrackedListener::new(listener, self.clone())
+    }
+
+    /// Tracks a stream accepted some other way.
+    pub fn track<S: AsFd>(&self, stream: S) -> Tracked<S> {
+        Tracked::new(stream, self.shared.clone())
+    }
+
+    /// The current counts. Cheap: a few atomic loads.
+    pub fn counts(&self) -> Counts {
+        let get = |state: u8| self.shared.counts[state as usize].load(Ordering::SeqCst);
+        let (new, busy, idle, closing) = (get(NEW), get(BUSY), get(IDLE), get(CLOSING));
+        Counts {
+            total: new + busy + idle + closing,
+            new,
+            busy,
+            idle,
+            closing,
+        }
+    }
+
+    /// The coordinator this tracker drains with.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shared.shutdown
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Config {
+        self.shared.config
+    }
+}
+
+impl Shared {
+    pub(crate) fn register(&self, fd: &impl AsFd) -> (u64, Arc<ConnState>) {
+        let conn = Arc::new(ConnState::new(fd.as_fd().as_raw_fd(), NEW));
+        self.counts[NEW as usize].fetch_add(1, Ordering::SeqCst);
+        let id = self.registry.insert(conn.clone());
+        // Registered after the stop sweep ran: stop it ourselves.
+        if self.shutdown.is_stopped() {
+            let _ = sys::shutdown(fd.as_fd(), sys::How::Both);
+        }
+        (id, conn)
+    }
+
+    pub(crate) fn unregister(&self, id: u64, conn: &ConnState, discard: bool) {
+        self.registry.remove(id, discard);
+        let from = conn.state.swap(GONE, Ordering::SeqCst);
+        if from != GONE {
+            self.counts[from as usize].fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Moves `conn` to `to`, keeping the counts right even when a busy guard
+    /// on another task races with the stream. An unregistered connection
+    /// stays unregistered.
+    pub(crate) fn set_state(&self, conn: &ConnState, to: u8) {
+        let mut from = conn.state.load(Ordering::SeqCst);
+        loop {
+            if from == GONE || from == to {
+                return;
+            }
+            match conn
+                .state
+                .compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => break,
+                Err(actual) => from = actual,
+            }
+        }
+        self.counts[from as usize].fetch_sub(1, Ordering::SeqCst);
+        self.counts[to as usize].fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl PhaseHook for Shared {
+    fn on_draining(&self) {
+        // Busy connections are left alone; they end themselves once idle.
+        self.registry.shutdown_each(sys::How::Read, |conn| {
+            conn.state.load(Ordering::SeqCst) == IDLE
+        });
+    }
+
+    fn on_stopped(&self) {
+        self.registry.shutdown_each(sys::How::Both, |_| true);
+    }
+}

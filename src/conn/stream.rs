@@ -1,0 +1,365 @@
+//! Tracked streams: per-connection state and the drain, inside the
+//! application's own reads.
+
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use async_io::Timer;
+use event_listener::EventListener;
+use futures_io::{AsyncRead, AsyncWrite};
+use pin_project_lite::pin_project;
+
+use super::registry::ConnState;
+use super::{Policy, Shared, BUSY, CLOSING, IDLE, NEW};
+use crate::shutdown::{Guard, Shutdown};
+use crate::sys;
+
+pin_project! {
+    /// A stream whose connection is tracked: it implements futures-io
+    /// [`AsyncRead`] and [`AsyncWrite`] by forwarding to `S`, and keeps the
+    /// connection's New / Busy / Idle state on the way.
+    ///
+    /// When draining starts:
+    ///
+    /// - an **Idle** connection has its read side shut down, so the
+    ///   application's pending read returns `Ok(0)` and its loop ends;
+    /// - a **Busy** connection is left alone until it next goes idle;
+    /// - a **New** connection gets the first-byte grace to send its request.
+    ///
+    /// A connection the drain ends is closed without resetting the peer: its
+    /// read returns `Ok(0)` only after it has sent its FIN and lingered,
+    /// discarding whatever the peer still sent. At the deadline every
+    /// remaining connection is shut down both ways.
+    ///
+    /// Made by [`TrackedListener::accept`](super::TrackedListener::accept) or
+    /// [`Tracker::track`](super::Tracker::track).
+    pub struct Tracked<S> {
+        // Declared first so it is dropped first: it unregisters the fd before
+        // `stream` closes it (the registry's safety invariant).
+        reg: Registration,
+        #[pin]
+        stream: S,
+        // A write or flush completed since the last read that returned data.
+        wrote: bool,
+        wait: Wait,
+        close: Close,
+    }
+}
+
+/// What a pending read on a New connection waits for besides data.
+enum Wait {
+    None,
+    /// Draining has not started: wake when it does.
+    Drain(EventListener),
+    /// Draining has started: the first byte must arrive before this fires.
+    Grace(Timer),
+}
+
+enum Close {
+    Open,
+    /// Our FIN is sent; discard the peer's data until the timer fires.
+    Lingering(Timer),
+    Closed,
+}
+
+struct Registration {
+    shared: Arc<Shared>,
+    conn: Arc<ConnState>,
+    id: u64,
+    detached: bool,
+    _guard: Guard,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let discard = !self.detached && self.shared.shutdown.is_draining();
+        self.shared.unregister(self.id, &self.conn, discard);
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Tracked<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.reg.conn.state.load(Ordering::SeqCst) {
+            NEW => "New",
+            BUSY => "Busy",
+            IDLE => "Idle",
+            _ => "Closing",
+        };
+        f.debug_struct("Tracked")
+            .field("stream", &self.stream)
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: AsFd> Tracked<S> {
+    pub(crate) fn new(stream: S, shared: Arc<Shared>) -> Self {
+        let (id, conn) = shared.register(&stream);
+        Tracked {
+            reg: Registration {
+                _guard: shared.shutdown.guard(),
+                shared,
+                conn,
+                id,
+                detached: false,
+            },
+            stream,
+            wrote: false,
+            wait: Wait::None,
+            close: Close::Open,
+        }
+    }
+
+    /// Marks the connection Busy until the returned guard is dropped.
+    ///
+    /// This is how the [`Manual`](Policy::Manual) policy works: hold a guard
+    /// while a request is being handled. Under the automatic policy a guard
+    /// also keeps the connection Busy, for example across a long server push.
+    /// When the last guard is dropped during a drain, the connection's read
+    /// side is shut down, just as for an idle connection.
+    pub fn busy(&self) -> BusyGuard {
+        let conn = &self.reg.conn;
+        if conn.busy_guards.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.reg.shared.set_state(conn, BUSY);
+        }
+        BusyGuard {
+            shared: self.reg.shared.clone(),
+            conn: conn.clone(),
+            id: self.reg.id,
+        }
+    }
+
+    /// Waits until draining starts: the moment to say goodbye the protocol's
+    /// way (`Connection: close`, GOAWAY, a close frame).
+    pub async fn draining(&self) {
+        self.reg.shared.shutdown.draining().await
+    }
+
+    /// Whether draining has started. One atomic load.
+    pub fn is_draining(&self) -> bool {
+        self.reg.shared.shutdown.is_draining()
+    }
+
+    /// The coordinator this connection drains with.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.reg.shared.shutdown
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+
+    /// Stops tracking and returns the stream untouched: no half-close, no
+    /// discard. This is the way out for a connection that leaves the process
+    /// (for example one handed to the next generation).
+    pub fn into_inner(self) -> S {
+        let Tracked {
+            mut reg, stream, ..
+        } = self;
+        reg.detached = true;
+        drop(reg);
+        stream
+    }
+}
+
+impl<S: AsFd> AsFd for Tracked<S> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+impl<S: AsyncRead + AsFd> AsyncRead for Tracked<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut this = self.project();
+        let shared = &this.reg.shared;
+        let conn = &this.reg.conn;
+        loop {
+            match this.close {
+                Close::Open => {}
+                Close::Closed => return Poll::Ready(Ok(0)),
+                Close::Lingering(timer) => {
+                    ready!(Pin::new(timer).poll(cx));
+                    sys::discard_queued(this.stream.as_ref().get_ref().as_fd());
+                    *this.close = Close::Closed;
+                    return Poll::Ready(Ok(0));
+                }
+            }
+            match this.stream.as_mut().poll_read(cx, buf) {
+                Poll::Ready(Ok(0)) if !buf.is_empty() => {
+                    if !conn.read_shut.load(Ordering::SeqCst) {
+                        return Poll::Ready(Ok(0)); // the peer closed
+                    }
+                    // We ended the read side: FIN, then linger before `Ok(0)`.
+                    shared.set_state(conn, CLOSING);
+                    let _ = sys::shutdown(this.stream.as_ref().get_ref().as_fd(), sys::How::Write);
+                    let until = shared
+                        .shutdown
+                        .deadline()
+                        .map_or_else(Instant::now, |deadline| {
+                            deadline.min(Instant::now() + shared.config.linger)
+                        });
+                    *this.close = Close::Lingering(Timer::at(until));
+                }
+                Poll::Ready(Ok(n)) => {
+                    if n > 0 {
+                        let state = conn.state.load(Ordering::SeqCst);
+                        if shared.config.policy == Policy::Automatic || state == NEW {
+                            let busy = shared.config.policy == Policy::Automatic
+                                || conn.busy_guards.load(Ordering::SeqCst) > 0;
+                            shared.set_state(conn, if busy { BUSY } else { IDLE });
+                        }
+                        *this.wrote = false;
+                        *this.wait = Wait::None;
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    let fd = this.stream.as_ref().get_ref().as_fd();
+                    if !on_read_pending(shared, conn, *this.wrote, this.wait, fd, cx) {
+                        return Poll::Pending;
+                    }
+                    // The read side was just shut down: read again to get the
+                    // rest of the queue, then `Ok(0)`.
+                }
+            }
+        }
+    }
+}
+
+/// A read found nothing. Updates the state and, if the drain should end this
+/// connection now, shuts its read side and returns `true`.
+fn on_read_pending(
+    shared: &Shared,
+    conn: &ConnState,
+    wrote: bool,
+    wait: &mut Wait,
+    fd: BorrowedFd<'_>,
+    cx: &mut Context<'_>,
+) -> bool {
+    let shutdown = &shared.shutdown;
+    let state = conn.state.load(Ordering::SeqCst);
+    if state == NEW {
+        return new_conn_expired(shared, wait, cx) && shut_read(conn, fd);
+    }
+    if state == BUSY
+        && wrote
+        && shared.config.policy == Policy::Automatic
+        && conn.busy_guards.load(Ordering::SeqCst) == 0
+    {
+        shared.set_state(conn, IDLE);
+    }
+    // Set Idle, then check the phase; the drain sets the phase, then checks
+    // states. Whichever comes second shuts the read side.
+    conn.state.load(Ordering::SeqCst) == IDLE
+        && shutdown.is_draining()
+        && !conn.read_shut.load(Ordering::SeqCst)
+        && shut_read(conn, fd)
+}
+
+/// For a New connection: whether its first-byte grace has run out. Arranges
+/// to be woken when draining starts, and then when the grace ends.
+fn new_conn_expired(shared: &Shared, wait: &mut Wait, cx: &mut Context<'_>) -> bool {
+    let shutdown = &shared.shutdown;
+    loop {
+        match wait {
+            Wait::Grace(timer) => return Pin::new(timer).poll(cx).is_ready(),
+            _ if shutdown.is_draining() => {
+                let now = Instant::now();
+                let until = shutdown.deadline().map_or(now, |deadline| {
+                    deadline.min(now + shared.config.first_byte_grace)
+                });
+                *wait = Wait::Grace(Timer::at(until));
+            }
+            Wait::Drain(listener) => {
+                if Pin::new(listener).poll(cx).is_pending() {
+                    return false;
+                }
+                *wait = Wait::None;
+            }
+            // Listen first; the loop then checks the phase again.
+            Wait::None => *wait = Wait::Drain(shutdown.changed()),
+        }
+    }
+}
+
+fn shut_read(conn: &ConnState, fd: BorrowedFd<'_>) -> bool {
+    conn.read_shut.store(true, Ordering::SeqCst);
+    let _ = sys::shutdown(fd, sys::How::Read);
+    true
+}
+
+impl<S: AsyncWrite> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let n = ready!(this.stream.poll_write(cx, buf))?;
+        *this.wrote = true;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let n = ready!(this.stream.poll_write_vectored(cx, bufs))?;
+        *this.wrote = true;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        ready!(this.stream.poll_flush(cx))?;
+        *this.wrote = true;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_close(cx)
+    }
+}
+
+/// Keeps a connection Busy while alive. See [`Tracked::busy`].
+#[must_use = "the connection is Busy only while the guard is alive"]
+pub struct BusyGuard {
+    shared: Arc<Shared>,
+    conn: Arc<ConnState>,
+    id: u64,
+}
+
+impl fmt::Debug for BusyGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusyGuard").finish_non_exhaustive()
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        if self.conn.busy_guards.fetch_sub(1, Ordering::SeqCst) != 1
+            || self.shared.config.policy != Policy::Manual
+        {
+            return;
+        }
+        self.shared.set_state(&self.conn, IDLE);
+        if self.shared.shutdown.is_draining() {
+            self.shared.registry.shutdown_one(self.id, sys::How::Read);
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Graceful shutdown and hot restart for network services, on any async
+//! runtime.
+//!
+//! `seamless` lets a service stop, or hand its listening sockets to a new
+//! copy of itself, without refusing a connection or cutting a request in
+//! flight. It works with smol, async-std, a plain `futures` executor or a
+//! home-grown event loop, and has no tokio dependency.
+//!
+//! **What happens to my in-flight request?** It finishes. When draining
+//! starts, the listener stops accepting, idle keep-alive connections are
+//! closed cleanly (the peer sees EOF, never a reset), brand-new connections
+//! get a short grace for their first request to arrive, and busy connections
+//! are left alone until their request is done, or until the deadline.
+//!
+//! # Implementation
+//!
+//! Nothing here spawns a task or needs an executor handle: the library hands
+//! out futures and your runtime polls them. Wakeups use `event-listener`,
+//! timers use [`async_io::Timer`], and every raw fd syscall goes through
+//! `rustix` in one private module. Idle connections are ended through the
+//! kernel: a read-side `shutdown(2)` wakes the application's own pending read
+//! with `Ok(0)`, so no application change is needed.
+//!
+//! # Examples
+//!
+//! The ordering contract: subscribe to the shutdown *before* checking whether
+//! it has happened. [`Shutdown::draining`] and [`TrackedListener::accept`] do
+//! both in the right order for you.
+//!
+//! ```
+//! use std::net::{TcpListener, TcpStream};
+//! use std::time::Duration;
+//! use async_io::Async;
+//! use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+//! use seamless::{Shutdown, Tracker};
+//!
+//! # future::block_on(async {
+//! let shutdown = Shutdown::new();
+//! let tracker = Tracker::new(&shutdown);
+//! let mut listener = tracker.listen(Async::<TcpListener>::bind(([127, 0, 0, 1], 0))?);
+//! let addr = listener.get_ref().unwrap().get_ref().local_addr()?;
+//!
+//! let server = async {
+//!     // `None` once draining has started: the accept loop ends.
+//!     while let Some((mut conn, _)) = listener.accept().await? {
+//!         let mut buf = [0; 64];
+//!         // A drained idle connection reads `Ok(0)`: this loop ends by itself.
+//!         while let Ok(n @ 1..) = conn.read(&mut buf).await {
+//!             conn.write_all(&buf[..n]).await?;
+//!         }
+//!     }
+//!     std::io::Result::Ok(())
+//! };
+//! let client = async {
+//!     let mut stream = Async::<TcpStream>::connect(addr).await?;
+//!     stream.write_all(b"hello").await?;
+//!     let mut reply = [0; 5];
+//!     stream.read_exact(&mut reply).await?;
+//!     shutdown.graceful(Duration::from_secs(5)); // the connection is idle now
+//!     let mut rest = Vec::new();
+//!     stream.read_to_end(&mut rest).await?; // a clean EOF, not a reset
+//!     shutdown.stopped().await;
+//!     std::io::Result::Ok(reply)
+//! };
+//! let ((), reply) = future::try_zip(server, client).await?;
+//! assert_eq!(&reply, b"hello");
+//! # std::io::Result::Ok(()) }).unwrap();
+//! ```
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![deny(unsafe_code)]
+
+pub mod conn;
+pub mod shutdown;
+mod sys;
+
+pub use conn::{Tracked, TrackedListener, Tracker};
+pub use shutdown::{Guard, Phase, Shutdown};
