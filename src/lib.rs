@@ -70,8 +70,14 @@
 #![deny(unsafe_code)]
 
 pub mod conn;
+pub mod handoff;
 pub mod shutdown;
+#[cfg(feature = "signals")]
+pub mod signals;
 mod sys;
+#[cfg(feature = "systemd")]
+pub mod systemd;
 
 pub use conn::{Tracked, TrackedListener, Tracker};
+pub use handoff::Upgrader;
 pub use shutdown::{Guard, Phase, Shutdown};

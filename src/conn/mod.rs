@@ -235,6 +235,25 @@ impl Tracker {
     pub fn config(&self) -> Config {
         self.shared.config
     }
+
+    /// Reports drain progress: waits until draining starts, then calls
+    /// `report` with the counts at once and every `every` until the
+    /// coordinator stops, and a last time when it has.
+    ///
+    /// Run it beside your accept loop, for example to print how many
+    /// connections are left or to send systemd a `STATUS=` line.
+    pub async fn report_drain(&self, every: Duration, mut report: impl FnMut(Counts)) {
+        let shutdown = self.shutdown();
+        shutdown.draining().await;
+        while !shutdown.is_stopped() {
+            report(self.counts());
+            futures_lite::future::or(shutdown.stopped(), async {
+                async_io::Timer::after(every).await;
+            })
+            .await;
+        }
+        report(self.counts());
+    }
 }
 
 impl Shared {

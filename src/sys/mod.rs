@@ -1,9 +1,10 @@
-//! The only module that makes raw fd syscalls, all through rustix.
+//! The only module that makes raw fd syscalls, all through rustix (and
+//! libc for the two calls rustix lacks, in [`process`]).
 //!
-//! Everything here takes `BorrowedFd`/`OwnedFd`, so it needs no `unsafe`
-//! itself; the few places that must turn a raw fd number into a borrowed fd
-//! say why that is sound where they do it.
+//! Most functions take `BorrowedFd`/`OwnedFd` and need no `unsafe`; the few
+//! that must act on raw fd numbers keep it inside and say why it is sound.
 
+pub(crate) mod process;
 mod socket;
 
 pub(crate) use socket::*;

@@ -45,15 +45,20 @@ pub(crate) fn discard_queued(fd: BorrowedFd<'_>) -> usize {
 pub(crate) struct SocketInfo {
     pub(crate) socket_type: SocketType,
     pub(crate) family: AddressFamily,
+    /// Whether it is a listening socket.
+    pub(crate) listening: bool,
 }
 
 /// Checks that `fd` is open and is a socket, and tells its type and family.
 pub(crate) fn socket_info(fd: BorrowedFd<'_>) -> io::Result<SocketInfo> {
     let socket_type = net::sockopt::socket_type(fd)?;
     let family = net::sockopt::socket_domain(fd)?;
+    // Not every kind of socket supports SO_ACCEPTCONN; those don't listen.
+    let listening = net::sockopt::socket_acceptconn(fd).unwrap_or(false);
     Ok(SocketInfo {
         socket_type,
         family,
+        listening,
     })
 }
 

@@ -1,0 +1,247 @@
+//! OS signals mapped to shutdown and upgrade, on any runtime.
+//!
+//! | signal           | default action                                   |
+//! |------------------|--------------------------------------------------|
+//! | SIGTERM, SIGINT  | graceful shutdown; a second one makes it immediate |
+//! | SIGHUP, SIGUSR2  | hot restart ([`Upgrader::upgrade`])              |
+//! | SIGQUIT          | immediate shutdown                               |
+//!
+//! Built on `async-signal`. Nothing is spawned: drive
+//! [`SignalHandler::next`] in a loop from a task of your own, and log the
+//! [`Event`]s it returns. While an upgrade runs, other signals are still
+//! handled (a SIGTERM during an upgrade starts the drain at once).
+//!
+//! A new generation starts with these signals blocked, so one arriving
+//! before its handlers are installed cannot kill it; it is delivered once
+//! [`SignalHandler::new`] (or [`Upgrader::ready`]) unblocks them.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use seamless::signals::SignalHandler;
+//! use seamless::Shutdown;
+//!
+//! # futures_lite::future::block_on(async {
+//! let shutdown = Shutdown::new();
+//! let mut signals = SignalHandler::new(&shutdown)?.drain_timeout(Duration::from_secs(10));
+//! loop {
+//!     let event = futures_lite::future::or(
+//!         async { Some(signals.next().await) },
+//!         async { shutdown.stopped().await; None },
+//!     )
+//!     .await;
+//!     match event {
+//!         Some(event) => eprintln!("{event}"),
+//!         None => break,
+//!     }
+//! }
+//! # std::io::Result::Ok(()) });
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::time::Duration;
+
+pub use async_signal::Signal;
+use futures_lite::StreamExt;
+
+use crate::handoff::{UpgradeError, Upgrader};
+use crate::shutdown::Shutdown;
+use crate::sys;
+
+/// What a signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Drain within the drain timeout; a second such signal stops at once.
+    Graceful,
+    /// Stop at once.
+    Immediate,
+    /// Start the next generation.
+    Upgrade,
+}
+
+/// The default mapping (see the module docs).
+pub const DEFAULT_MAP: [(Signal, Action); 5] = [
+    (Signal::Term, Action::Graceful),
+    (Signal::Int, Action::Graceful),
+    (Signal::Hup, Action::Upgrade),
+    (Signal::Usr2, Action::Upgrade),
+    (Signal::Quit, Action::Immediate),
+];
+
+/// What [`SignalHandler::next`] did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A graceful shutdown started (or its deadline was brought closer).
+    Draining {
+        /// The signal that asked for it.
+        signal: Signal,
+    },
+    /// Stopping at once.
+    Stopping {
+        /// The signal that asked for it.
+        signal: Signal,
+    },
+    /// An upgrade started.
+    UpgradeStarted {
+        /// The signal that asked for it.
+        signal: Signal,
+    },
+    /// The next generation is ready; this process is draining.
+    Upgraded {
+        /// The new generation's pid.
+        pid: u32,
+    },
+    /// An upgrade failed or was refused; this process goes on serving.
+    UpgradeFailed(UpgradeError),
+    /// An upgrade signal arrived but no [`Upgrader`] is set.
+    UpgradeIgnored {
+        /// The signal.
+        signal: Signal,
+    },
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Draining { signal } => write!(f, "{signal:?}: draining"),
+            Event::Stopping { signal } => write!(f, "{signal:?}: stopping now"),
+            Event::UpgradeStarted { signal } => {
+                write!(f, "{signal:?}: starting the next generation")
+            }
+            Event::Upgraded { pid } => write!(f, "generation {pid} is ready; draining"),
+            Event::UpgradeFailed(e) => write!(f, "upgrade failed, still serving: {e}"),
+            Event::UpgradeIgnored { signal } => write!(f, "{signal:?}: no upgrader, ignored"),
+        }
+    }
+}
+
+type UpgradeFuture = Pin<Box<dyn Future<Output = Result<u32, UpgradeError>> + Send>>;
+
+/// Turns OS signals into shutdown and upgrade actions.
+pub struct SignalHandler {
+    signals: async_signal::Signals,
+    map: Vec<(Signal, Action)>,
+    shutdown: Shutdown,
+    upgrader: Option<Upgrader>,
+    drain_timeout: Duration,
+    graceful_seen: bool,
+    upgrading: Option<UpgradeFuture>,
+}
+
+impl fmt::Debug for SignalHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignalHandler")
+            .field("map", &self.map)
+            .field("upgrading", &self.upgrading.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignalHandler {
+    /// Installs handlers for the [default mapping](DEFAULT_MAP).
+    ///
+    /// # Errors
+    ///
+    /// Installing a handler failed.
+    pub fn new(shutdown: &Shutdown) -> io::Result<Self> {
+        Self::with_map(shutdown, DEFAULT_MAP)
+    }
+
+    /// Installs handlers for the given mapping instead.
+    ///
+    /// # Errors
+    ///
+    /// Installing a handler failed.
+    pub fn with_map(
+        shutdown: &Shutdown,
+        map: impl IntoIterator<Item = (Signal, Action)>,
+    ) -> io::Result<Self> {
+        let map: Vec<_> = map.into_iter().collect();
+        let signals = async_signal::Signals::new(map.iter().map(|(signal, _)| *signal))?;
+        // Handlers are in place: let through what start-up held back.
+        sys::process::block_startup_signals(false)?;
+        Ok(SignalHandler {
+            signals,
+            map,
+            shutdown: shutdown.clone(),
+            upgrader: None,
+            drain_timeout: Duration::from_secs(30),
+            graceful_seen: false,
+            upgrading: None,
+        })
+    }
+
+    /// Upgrade with this upgrader on [`Action::Upgrade`].
+    pub fn upgrader(mut self, upgrader: Upgrader) -> Self {
+        self.upgrader = Some(upgrader);
+        self
+    }
+
+    /// The deadline for a graceful shutdown (default 30 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Waits for the next signal (or the end of a running upgrade), acts on
+    /// it, and says what it did.
+    pub async fn next(&mut self) -> Event {
+        loop {
+            let signal = match self.upgrading.as_mut() {
+                Some(upgrade) => {
+                    let upgrade_done = async { Err(upgrade.await) };
+                    let signal = async { Ok(self.signals.next().await) };
+                    match futures_lite::future::or(upgrade_done, signal).await {
+                        Err(outcome) => {
+                            self.upgrading = None;
+                            return match outcome {
+                                Ok(pid) => Event::Upgraded { pid },
+                                Err(e) => Event::UpgradeFailed(e),
+                            };
+                        }
+                        Ok(signal) => signal,
+                    }
+                }
+                None => self.signals.next().await,
+            };
+            // The stream only ends if the handler is gone; then nothing more
+            // can arrive.
+            let Some(Ok(signal)) = signal else {
+                return futures_lite::future::pending().await;
+            };
+            if let Some(event) = self.act(signal) {
+                return event;
+            }
+        }
+    }
+
+    fn act(&mut self, signal: Signal) -> Option<Event> {
+        let action = self.map.iter().find(|(s, _)| *s == signal)?.1;
+        Some(match action {
+            Action::Graceful if !self.graceful_seen => {
+                self.graceful_seen = true;
+                #[cfg(feature = "systemd")]
+                let _ = crate::systemd::stopping();
+                self.shutdown.graceful(self.drain_timeout);
+                Event::Draining { signal }
+            }
+            Action::Graceful | Action::Immediate => {
+                self.shutdown.immediate();
+                Event::Stopping { signal }
+            }
+            Action::Upgrade => {
+                let Some(upgrader) = self.upgrader.clone() else {
+                    return Some(Event::UpgradeIgnored { signal });
+                };
+                if self.upgrading.is_some() {
+                    return Some(Event::UpgradeFailed(UpgradeError::InProgress));
+                }
+                self.upgrading = Some(Box::pin(async move { upgrader.upgrade().await }));
+                Event::UpgradeStarted { signal }
+            }
+        })
+    }
+}
