@@ -66,6 +66,9 @@ impl Accept for Async<UnixListener> {
     }
 }
 
+/// An accepted connection and its peer address.
+pub type Accepted<L> = (Tracked<<L as Accept>::Stream>, <L as Accept>::Addr);
+
 /// A listener that hands out [`Tracked`] streams and stops when draining
 /// starts. Made by [`Tracker::listen`].
 ///
@@ -104,15 +107,12 @@ impl<L: Accept> TrackedListener<L> {
     /// Whatever the underlying accept returns, for example `EMFILE` when the
     /// process is out of file descriptors. Such errors are usually transient:
     /// an accept loop should log them and go on.
-    pub async fn accept(&mut self) -> io::Result<Option<(Tracked<L::Stream>, L::Addr)>> {
+    pub async fn accept(&mut self) -> io::Result<Option<Accepted<L>>> {
         futures_lite::future::poll_fn(|cx| self.poll_accept(cx)).await
     }
 
     /// Poll form of [`accept`](TrackedListener::accept).
-    pub fn poll_accept(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<Option<(Tracked<L::Stream>, L::Addr)>>> {
+    pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Accepted<L>>>> {
         let shutdown = self.tracker.shutdown().clone();
         loop {
             if shutdown.is_draining() {

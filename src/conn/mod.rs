@@ -25,7 +25,7 @@ mod listener;
 mod registry;
 mod stream;
 
-pub use listener::{Accept, TrackedListener};
+pub use listener::{Accept, Accepted, TrackedListener};
 pub use stream::{BusyGuard, Tracked};
 
 use registry::{ConnState, Registry};

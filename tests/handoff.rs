@@ -1,0 +1,684 @@
+//! Hot restart with real processes, signals and fds: rollback, concurrency,
+//! fd hygiene, socket activation and sd_notify.
+//!
+//! This file is its own `main` (`harness = false`) so that a child can list
+//! its fds before anything else opens one. Run as `handoff` it is the test
+//! driver; run as `handoff --serve ...` (by the driver, or by a previous
+//! generation) it is a tiny server that writes its pid to every connection.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use async_io::Async;
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use rustix::process::{Pid, Signal};
+use seamless::handoff::{Options, UpgradeError, Upgrader};
+use seamless::signals::SignalHandler;
+use seamless::{Shutdown, Tracker};
+
+/// Generous: the machine is small and noisy.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn main() -> ExitCode {
+    // First thing, before this process opens anything of its own.
+    let fds_at_start = open_fds();
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("--serve") => serve(&args, &fds_at_start),
+        Some("--bad") => bad_child(args.get(2).map_or("", String::as_str)),
+        Some("--activated") => activated(&fds_at_start),
+        _ => run_tests(&args[1..]),
+    }
+}
+
+type Test = (&'static str, fn());
+
+fn run_tests(args: &[String]) -> ExitCode {
+    let tests: &[Test] = &[
+        (
+            "rollback_child_exits_before_ready",
+            rollback_child_exits_before_ready,
+        ),
+        ("rollback_child_never_ready", rollback_child_never_ready),
+        (
+            "rollback_child_writes_garbage",
+            rollback_child_writes_garbage,
+        ),
+        (
+            "second_upgrade_is_refused_while_one_runs",
+            second_upgrade_is_refused_while_one_runs,
+        ),
+        (
+            "upgrade_is_refused_before_ready",
+            upgrade_is_refused_before_ready,
+        ),
+        (
+            "child_starts_with_only_the_passed_fds",
+            child_starts_with_only_the_passed_fds,
+        ),
+        ("socket_activation_by_name", socket_activation_by_name),
+        ("socket_activation_bad_values", socket_activation_bad_values),
+        (
+            "sd_notify_sequence_across_a_restart",
+            sd_notify_sequence_across_a_restart,
+        ),
+    ];
+    // Orphaned generations are re-parented to us, so we can reap them and
+    // prove none is left behind.
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .expect("become a child subreaper");
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        eprintln!("test {name} ...");
+        match std::panic::catch_unwind(test) {
+            Ok(()) => {
+                passed += 1;
+                eprintln!("test {name} ... ok");
+            }
+            Err(_) => {
+                failed += 1;
+                eprintln!("test {name} ... FAILED");
+            }
+        }
+    }
+    println!("\ntest result: {passed} passed, {failed} failed");
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+// ---------------------------------------------------------------- the tests
+
+fn rollback_child_exits_before_ready() {
+    let server = Server::start(&["--next", "exit"], &[]);
+    server.sighup();
+    let line = server.expect(&format!("event {} upgrade failed", server.pid));
+    assert!(line.contains("exited before it was ready"), "{line}");
+    assert!(line.contains("exit status: 3"), "{line}");
+    server.assert_still_serving_alone();
+    server.stop();
+}
+
+fn rollback_child_never_ready() {
+    let server = Server::start(&["--next", "hang", "--ready-timeout-ms", "500"], &[]);
+    server.sighup();
+    let line = server.expect(&format!("event {} upgrade failed", server.pid));
+    assert!(line.contains("not ready within 500ms"), "{line}");
+    server.assert_still_serving_alone();
+    server.stop();
+}
+
+fn rollback_child_writes_garbage() {
+    let server = Server::start(&["--next", "garbage"], &[]);
+    server.sighup();
+    let line = server.expect(&format!("event {} upgrade failed", server.pid));
+    assert!(line.contains("garbage"), "{line}");
+    assert!(
+        line.contains("hello"),
+        "the error shows what was written: {line}"
+    );
+    server.assert_still_serving_alone();
+    server.stop();
+}
+
+fn second_upgrade_is_refused_while_one_runs() {
+    let server = Server::start(&["--next", "hang", "--ready-timeout-ms", "3000"], &[]);
+    server.sighup();
+    server.expect(&format!(
+        "event {} Hup: starting the next generation",
+        server.pid
+    ));
+    server.sighup();
+    let refused = server.expect(&format!("event {} upgrade failed", server.pid));
+    assert!(refused.contains("already in progress"), "{refused}");
+    let timed_out = server.expect(&format!("event {} upgrade failed", server.pid));
+    assert!(timed_out.contains("not ready within"), "{timed_out}");
+    server.assert_still_serving_alone();
+    server.stop();
+}
+
+fn upgrade_is_refused_before_ready() {
+    // In this process: nothing was inherited, so this takes nothing.
+    let shutdown = Shutdown::new();
+    let upgrader = Upgrader::new(&shutdown, Options::default()).expect("upgrader");
+    assert!(!upgrader.has_parent());
+    let refused = future::block_on(upgrader.upgrade());
+    assert!(
+        matches!(refused, Err(UpgradeError::NotReady)),
+        "{refused:?}"
+    );
+    let again = Upgrader::new(&shutdown, Options::default());
+    assert!(
+        again.is_err(),
+        "a second Upgrader must not take the fds again"
+    );
+}
+
+fn child_starts_with_only_the_passed_fds() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    // The first generation leaks an fd without CLOEXEC, as a careless
+    // library would; the next generation must not get it.
+    let server = Server::start(&["--careless", "--fds-out", out], &[]);
+    server.sighup();
+    let line = server.expect(&format!("event {} generation", server.pid));
+    let child: u32 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let listed = std::fs::read_to_string(dir.path().join(child.to_string())).unwrap();
+    let fds: BTreeSet<i32> = listed.split(',').map(|fd| fd.parse().unwrap()).collect();
+    // stdio, the listener at 3 and the readiness pipe at 4: nothing else.
+    assert_eq!(fds, BTreeSet::from([0, 1, 2, 3, 4]), "child's fds at start");
+    assert_eq!(ask_pid(server.addr), child, "the new generation serves");
+    server.expect(&format!("stopped {}", server.pid));
+    wait_gone(server.pid);
+    kill(child, Signal::TERM);
+    server.expect(&format!("stopped {child}"));
+    wait_gone(child);
+}
+
+fn socket_activation_by_name() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (out, code) = activate(
+        Some(&listener),
+        ListenPid::Own,
+        &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "web")],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("activated {addr}")), "{out}");
+    // What systemd passes is re-marked close-on-exec, and nothing else is open.
+    assert!(out.contains("fds 0,1,2,3"), "{out}");
+}
+
+fn socket_activation_bad_values() {
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        ListenPid,
+        &'static str,
+    );
+    let cases: &[Case] = &[
+        (&[("LISTEN_FDS", "abc")], ListenPid::Own, "LISTEN_FDS"),
+        (
+            &[("LISTEN_FDS", "99999999999999999999")],
+            ListenPid::Own,
+            "LISTEN_FDS",
+        ),
+        (&[("LISTEN_FDS", "1")], ListenPid::Value("1"), "LISTEN_PID"),
+        (
+            &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "web")],
+            ListenPid::Own,
+            "is not open",
+        ),
+    ];
+    for (vars, pid, expected) in cases {
+        let (out, code) = activate(None, *pid, vars);
+        assert_eq!(code, Some(2), "{vars:?}: {out}");
+        assert!(
+            out.contains("error: bad socket-activation") || out.contains("error: inherited"),
+            "{vars:?}: {out}"
+        );
+        assert!(
+            out.contains(expected),
+            "{vars:?} should name {expected}: {out}"
+        );
+    }
+    // A socket of the wrong kind under the expected name.
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (out, code) = activate(
+        Some(&udp),
+        ListenPid::Own,
+        &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "web")],
+    );
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("should be a listening TCP socket"), "{out}");
+}
+
+fn sd_notify_sequence_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let server = Server::start(
+        &["--hold-ms", "300"],
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+    );
+    let mut messages = Messages::new(socket);
+    assert_eq!(messages.next(), "READY=1");
+
+    // A request in flight, so the old generation has something to drain.
+    let mut busy = TcpStream::connect(server.addr).unwrap();
+    busy.write_all(b"hold\n").unwrap();
+    server.expect(&format!("holding {}", server.pid));
+    server.sighup();
+    let reloading = messages.next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    let line = server.expect(&format!("event {} generation", server.pid));
+    let child: u32 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert_eq!(messages.next(), format!("MAINPID={child}\nREADY=1"));
+    let status = messages.next();
+    assert!(
+        status.starts_with("STATUS=draining: 1 connection"),
+        "{status}"
+    );
+    let mut reply = String::new();
+    busy.read_to_string(&mut reply).unwrap();
+    assert_eq!(
+        reply,
+        format!("{}\n", server.pid),
+        "the held request completes on the old generation"
+    );
+    server.expect(&format!("stopped {}", server.pid));
+    wait_gone(server.pid);
+
+    kill(child, Signal::TERM);
+    assert_eq!(messages.next_not_status(), "STOPPING=1");
+    server.expect(&format!("stopped {child}"));
+    wait_gone(child);
+}
+
+// ------------------------------------------------------------ the driver side
+
+/// A first generation started by the driver, with its stdout (shared by all
+/// later generations) read line by line.
+struct Server {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut child = Command::new(exe())
+            .arg("--serve")
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the server");
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("  | {line}");
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server {
+            pid: child.id(),
+            child,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            lines,
+        };
+        let ready = server.expect(&format!("ready {} ", server.pid));
+        server.addr = ready.split_whitespace().nth(2).unwrap().parse().unwrap();
+        server
+    }
+
+    /// Waits for a line containing `what`.
+    fn expect(&self, what: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no line with {what:?} within {TIMEOUT:?}: {e}"),
+            }
+        }
+    }
+
+    fn sighup(&self) {
+        kill(self.pid, Signal::HUP);
+    }
+
+    /// The first generation still answers, and no child of it is left.
+    fn assert_still_serving_alone(&self) {
+        assert_eq!(ask_pid(self.addr), self.pid);
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid)).unwrap();
+        assert_eq!(children.trim(), "", "no child (zombie or not) is left");
+    }
+
+    fn stop(mut self) {
+        kill(self.pid, Signal::TERM);
+        self.expect(&format!("stopped {}", self.pid));
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status}");
+    }
+}
+
+/// Connects and reads the pid of the generation that answers.
+fn ask_pid(addr: SocketAddr) -> u32 {
+    let mut stream = TcpStream::connect(addr).expect("the service accepts");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(b"pid\n").unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    reply
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("bad reply {reply:?}"))
+}
+
+fn kill(pid: u32, signal: Signal) {
+    let pid = Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(pid, signal).expect("send a signal");
+}
+
+/// Waits until `pid` is gone, reaping it if it was (re-parented to) ours.
+fn wait_gone(pid: u32) {
+    let raw = Pid::from_raw(pid as i32).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        match rustix::process::waitpid(Some(raw), rustix::process::WaitOptions::NOHANG) {
+            Ok(Some(_)) => return,
+            Ok(None) => {}
+            // Not our child: gone once signalling it fails.
+            Err(_) => {
+                if rustix::process::test_kill_process(raw).is_err() {
+                    return;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("process {pid} still exists after {TIMEOUT:?}");
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ListenPid {
+    /// `LISTEN_PID` is the child's own pid, as systemd sets it.
+    Own,
+    Value(&'static str),
+}
+
+/// Plays systemd: starts `--activated` with `fd` (if any) at 3 and the given
+/// variables. Returns its stdout and exit code.
+fn activate(
+    fd: Option<&dyn AsRawFd>,
+    pid: ListenPid,
+    vars: &[(&str, &str)],
+) -> (String, Option<i32>) {
+    let mut command = match pid {
+        // The shell sets LISTEN_PID to its own pid, then execs: same pid.
+        ListenPid::Own => {
+            let mut c = Command::new("/bin/sh");
+            c.args([
+                "-c",
+                "LISTEN_PID=$$ exec \"$0\" --activated",
+                exe().to_str().unwrap(),
+            ]);
+            c
+        }
+        ListenPid::Value(value) => {
+            let mut c = Command::new(exe());
+            c.arg("--activated").env("LISTEN_PID", value);
+            c
+        }
+    };
+    command.envs(vars.iter().copied()).stdout(Stdio::piped());
+    if let Some(fd) = fd {
+        let raw = fd.as_raw_fd();
+        // SAFETY: dup2 and fcntl are async-signal-safe and allocate nothing.
+        unsafe {
+            command.pre_exec(move || {
+                // dup2 onto itself would keep FD_CLOEXEC set.
+                let rc = if raw == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(raw, 3)
+                };
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = command.spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut out = String::new();
+    let reader = std::thread::spawn(move || stdout.read_to_string(&mut out).map(|_| out));
+    if let (Some(fd), ListenPid::Own) = (fd, pid) {
+        // Let a healthy child show it can accept; a failing one has exited.
+        if let Ok(addr) = local_addr(fd.as_raw_fd()) {
+            if let Ok(mut stream) = TcpStream::connect(addr) {
+                let mut hi = String::new();
+                stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+                let _ = stream.read_to_string(&mut hi);
+            }
+        }
+    }
+    let status = child.wait().unwrap();
+    (reader.join().unwrap().unwrap(), status.code())
+}
+
+fn local_addr(fd: i32) -> std::io::Result<SocketAddr> {
+    // SAFETY: `fd` is open for the duration of this call (the caller holds it).
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let addr = rustix::net::getsockname(fd)?;
+    SocketAddr::try_from(addr).map_err(|_| std::io::Error::other("not an inet socket"))
+}
+
+/// Datagrams received on a notify socket.
+struct Messages {
+    socket: UnixDatagram,
+}
+
+impl Messages {
+    fn new(socket: UnixDatagram) -> Self {
+        Messages { socket }
+    }
+
+    fn next(&mut self) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                return String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+        }
+        panic!("no sd_notify message within {TIMEOUT:?}");
+    }
+
+    fn next_not_status(&mut self) -> String {
+        loop {
+            let message = self.next();
+            if !message.starts_with("STATUS=") {
+                return message;
+            }
+        }
+    }
+}
+
+fn exe() -> std::path::PathBuf {
+    std::env::current_exe().unwrap()
+}
+
+/// The fds open in this process, without the one used to list them.
+fn open_fds() -> Vec<i32> {
+    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    // The directory listing held one more fd, the highest at that moment.
+    fds.retain(|fd| Path::new(&format!("/proc/self/fd/{fd}")).exists());
+    fds
+}
+
+// ------------------------------------------------------------ the child side
+
+/// `--serve [--next MODE] [--ready-timeout-ms N] [--careless] [--fds-out DIR]
+/// [--hold-ms N]`: writes its pid to each connection. With `--next`, its
+/// upgrades start a misbehaving child instead of another server.
+fn serve(args: &[String], fds_at_start: &[i32]) -> ExitCode {
+    let opt = |name: &str| {
+        let at = args.iter().position(|a| a == name)?;
+        args.get(at + 1).cloned()
+    };
+    let pid = std::process::id();
+    if let Some(dir) = opt("--fds-out") {
+        let list: Vec<String> = fds_at_start.iter().map(i32::to_string).collect();
+        std::fs::write(Path::new(&dir).join(pid.to_string()), list.join(",")).unwrap();
+    }
+    // An fd opened without O_CLOEXEC, kept for the life of the process.
+    let _careless = args.iter().any(|a| a == "--careless").then(|| {
+        rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDONLY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap()
+    });
+    let ms = |name: &str, default: u64| {
+        Duration::from_millis(opt(name).map_or(default, |v| v.parse().unwrap()))
+    };
+    let hold = ms("--hold-ms", 0);
+
+    let shutdown = Shutdown::new();
+    let mut options = Options::default()
+        .ready_timeout(ms("--ready-timeout-ms", 20_000))
+        .drain_timeout(TIMEOUT);
+    if let Some(mode) = opt("--next") {
+        options = options.args([args[0].clone(), "--bad".into(), mode]);
+    }
+    let upgrader = match Upgrader::new(&shutdown, options) {
+        Ok(upgrader) => upgrader,
+        Err(e) => {
+            println!("error {pid} {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = upgrader.tcp_listener("main", "127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tracker = Tracker::new(&shutdown);
+    let mut listener = tracker.listen(Async::new(listener).unwrap());
+    let mut signals = SignalHandler::new(&shutdown)
+        .unwrap()
+        .upgrader(upgrader.clone())
+        .drain_timeout(TIMEOUT);
+    upgrader.ready().unwrap();
+    println!("ready {pid} {addr}");
+
+    let executor = smol::LocalExecutor::new();
+    let accept = async {
+        while let Ok(Some((mut conn, _))) = listener.accept().await {
+            executor
+                .spawn(async move {
+                    let mut line = [0u8; 5];
+                    let n = conn.read(&mut line).await.unwrap_or(0);
+                    if line[..n].starts_with(b"hold") {
+                        println!("holding {pid}");
+                        async_io::Timer::after(hold).await;
+                    }
+                    let _ = conn.write_all(format!("{pid}\n").as_bytes()).await;
+                })
+                .detach();
+        }
+        future::pending::<()>().await
+    };
+    let events = async {
+        loop {
+            println!("event {pid} {}", signals.next().await);
+        }
+    };
+    let status = tracker.report_drain(Duration::from_millis(50), |counts| {
+        let s = if counts.total == 1 { "" } else { "s" };
+        let _ =
+            seamless::systemd::status(&format!("draining: {} connection{s} left", counts.total));
+    });
+    future::block_on(executor.run(future::or(
+        future::or(accept, events),
+        // Ends once stopped, after a last report.
+        status,
+    )));
+    println!("stopped {pid}");
+    ExitCode::SUCCESS
+}
+
+/// `--bad MODE`: a next generation that never becomes ready.
+fn bad_child(mode: &str) -> ExitCode {
+    match mode {
+        "exit" => ExitCode::from(3),
+        "garbage" => {
+            let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+            let index = names
+                .split(':')
+                .position(|n| n == "seamless-ready")
+                .unwrap();
+            let pipe = format!("/proc/self/fd/{}", 3 + index);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(pipe)
+                .and_then(|mut p| p.write_all(b"hello\n"))
+                .unwrap();
+            std::thread::sleep(TIMEOUT);
+            ExitCode::SUCCESS
+        }
+        // "hang": killed by the parent at its ready timeout.
+        _ => {
+            std::thread::sleep(TIMEOUT);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `--activated`: started as systemd would; gets its listener by name.
+fn activated(fds_at_start: &[i32]) -> ExitCode {
+    let shutdown = Shutdown::new();
+    let upgrader = match Upgrader::new(&shutdown, Options::default()) {
+        Ok(upgrader) => upgrader,
+        Err(e) => {
+            println!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match upgrader.tcp_listener("web", "127.0.0.1:0") {
+        Ok(listener) => listener,
+        Err(e) => {
+            println!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listed: Vec<String> = fds_at_start.iter().map(i32::to_string).collect();
+    println!(
+        "activated {} fds {}",
+        listener.local_addr().unwrap(),
+        listed.join(",")
+    );
+    let cloexec = rustix::io::fcntl_getfd(&listener).unwrap();
+    assert!(
+        cloexec.contains(rustix::io::FdFlags::CLOEXEC),
+        "re-marked CLOEXEC"
+    );
+    if let Ok((mut stream, _)) = listener.accept() {
+        let _ = stream.write_all(b"hi\n");
+    }
+    ExitCode::SUCCESS
+}
