@@ -112,7 +112,7 @@ impl fmt::Display for Event {
                 write!(f, "{signal:?}: starting the next generation")
             }
             Event::Upgraded { pid } => write!(f, "generation {pid} is ready; draining"),
-            Event::UpgradeFailed(e) => write!(f, "upgrade failed, still serving: {e}"),
+            Event::UpgradeFailed(e) => write!(f, "upgrade failed: {e}"),
             Event::UpgradeIgnored { signal } => write!(f, "{signal:?}: no upgrader, ignored"),
         }
     }

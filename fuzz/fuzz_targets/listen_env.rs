@@ -53,11 +53,18 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(count, fds.len() as u64);
     assert!(fds.len() <= MAX_LISTEN_FDS);
     // LISTEN_PID matched.
-    let pid: u64 = std::str::from_utf8(listen_pid.unwrap()).unwrap().parse().unwrap();
+    let pid: u64 = std::str::from_utf8(listen_pid.unwrap())
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(pid, u64::from(own_pid));
 
     for (i, fd) in fds.iter().enumerate() {
-        assert_eq!(fd.fd, SD_LISTEN_FDS_START + i as i32, "fds must be contiguous");
+        assert_eq!(
+            fd.fd,
+            SD_LISTEN_FDS_START + i as i32,
+            "fds must be contiguous"
+        );
         assert!(!fd.name.is_empty());
         assert!(fd.name.len() <= MAX_FD_NAME_LEN);
         assert!(!fd.name.contains(':'), "name {:?} has a ':'", fd.name);

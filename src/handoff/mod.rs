@@ -612,6 +612,29 @@ impl Upgrader {
     }
 }
 
+/// Removes the socket-activation variables from a command's environment.
+///
+/// They describe fds passed to *this* process and stay in its environment
+/// (changing the environment of a running, multi-threaded process is not
+/// safe). Programs you start yourself should not see them: use this on every
+/// [`Command`](std::process::Command) you spawn. (`LISTEN_PID` would tell a
+/// well-behaved program they are not its own anyway.) The next generation
+/// started by [`Upgrader::upgrade`] gets fresh ones.
+///
+/// ```
+/// use std::process::Command;
+///
+/// let mut command = Command::new("date");
+/// seamless::handoff::remove_activation_env(&mut command);
+/// assert_eq!(command.get_envs().count(), 3);
+/// ```
+pub fn remove_activation_env(command: &mut std::process::Command) -> &mut std::process::Command {
+    for var in spawn::ACTIVATION_VARS {
+        command.env_remove(var);
+    }
+    command
+}
+
 /// Reads the readiness pipe until the child says `ready`, closes it early,
 /// or writes something else.
 async fn wait_ready(pipe: OwnedFd) -> Result<(), UpgradeError> {

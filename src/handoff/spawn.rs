@@ -28,7 +28,7 @@ const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
 const PID_DIGITS: usize = 10;
 
 /// The variables we set for the child; the parent's own are not passed on.
-const ACTIVATION_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
+pub(crate) const ACTIVATION_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
 
 /// Starts `program` with `args` (argv\[0\] included), this process's
 /// environment, and `fds` at 3, 4, ... described by the socket-activation
