@@ -17,9 +17,9 @@
 //! Nothing here spawns a task or needs an executor handle: the library hands
 //! out futures and your runtime polls them. Wakeups use `event-listener`,
 //! timers use [`async_io::Timer`], and every raw fd syscall goes through
-//! `rustix` in one private module. Idle connections are ended through the
-//! kernel: a read-side `shutdown(2)` wakes the application's own pending read
-//! with `Ok(0)`, so no application change is needed.
+//! `rustix` in one private module. At drain, each idle connection's pending
+//! read is woken and returns `Ok(0)` after a lingering close, so the
+//! application's own read loop ends with no change to its code.
 //!
 //! # Examples
 //!

@@ -4,13 +4,21 @@
 //! - A [`TrackedListener`] stops accepting and closes its fd as soon as
 //!   draining starts.
 //! - A [`Tracked`] stream keeps a per-connection state, **New**, **Busy** or
-//!   **Idle**, and at drain ends idle connections by half-closing their read
-//!   side, so the application's pending `read` returns `Ok(0)`.
+//!   **Idle**, and at drain ends idle connections: the application's pending
+//!   `read` returns `Ok(0)` after a lingering close.
 //! - The [`Tracker`] ties them to a [`Shutdown`] and counts connections.
 //!
-//! Nothing here spawns a task. Idle connections are reached through the
-//! kernel (a read-side `shutdown(2)` wakes the application's own read), and
-//! timers run inside the application's own reads.
+//! Nothing here spawns a task. The drain wakes each connection's pending
+//! read (a lock-free waker slot per connection), and the close and its timers
+//! run inside the application's own reads.
+//!
+//! # Why not `shutdown(SHUT_RD)`
+//!
+//! Half-closing the read side would wake the application's read through the
+//! kernel, with no waker at all. But Linux answers any byte that reaches a
+//! socket whose read side is shut, once our FIN is out, with an RST
+//! (`TCPAbortOnData`): exactly the reset a lingering close must avoid. So the
+//! read side stays open, and the lingering read sees the peer's own FIN.
 
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd};
@@ -300,13 +308,12 @@ impl Shared {
 
 impl PhaseHook for Shared {
     fn on_draining(&self) {
-        // Busy connections are left alone; they end themselves once idle.
-        self.registry.shutdown_each(sys::How::Read, |conn| {
-            conn.state.load(Ordering::SeqCst) == IDLE
-        });
+        // Each pending read looks at its connection: an idle one ends it, a
+        // new one starts its first-byte grace, a busy one goes on.
+        self.registry.wake_all();
     }
 
     fn on_stopped(&self) {
-        self.registry.shutdown_each(sys::How::Both, |_| true);
+        self.registry.shutdown_all();
     }
 }

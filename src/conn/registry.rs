@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
 use crate::shutdown::lock;
@@ -28,8 +28,9 @@ pub(crate) struct ConnState {
     pub(crate) state: AtomicU8,
     /// Live [`BusyGuard`](super::BusyGuard)s.
     pub(crate) busy_guards: AtomicUsize,
-    /// We half-closed the read side to end the application's read loop.
-    pub(crate) read_shut: AtomicBool,
+    /// The connection's pending read, woken when it must look at its state
+    /// again: the drain started, or the last busy guard was dropped.
+    pub(crate) reader: atomic_waker::AtomicWaker,
 }
 
 impl ConnState {
@@ -38,7 +39,7 @@ impl ConnState {
             fd,
             state: AtomicU8::new(state),
             busy_guards: AtomicUsize::new(0),
-            read_shut: AtomicBool::new(false),
+            reader: atomic_waker::AtomicWaker::new(),
         }
     }
 }
@@ -77,34 +78,21 @@ impl Registry {
         }
     }
 
-    /// Half-closes one connection, if it is still registered.
-    pub(crate) fn shutdown_one(&self, id: u64, how: sys::How) {
-        let conns = lock(&self.conns);
-        if let Some(conn) = conns.map.get(&id) {
-            shutdown_conn(conn, how);
+    /// Wakes every connection's pending read.
+    pub(crate) fn wake_all(&self) {
+        for conn in lock(&self.conns).map.values() {
+            conn.reader.wake();
         }
     }
 
-    /// Half-closes (`how`) every registered connection for which `select`
-    /// says so.
-    pub(crate) fn shutdown_each(&self, how: sys::How, select: impl Fn(&ConnState) -> bool) {
-        let conns = lock(&self.conns);
-        for conn in conns.map.values() {
-            if select(conn) {
-                shutdown_conn(conn, how);
-            }
+    /// Shuts every connection down both ways: the deadline has passed.
+    pub(crate) fn shutdown_all(&self) {
+        for conn in lock(&self.conns).map.values() {
+            // SAFETY: the registry lock is held and `conn` is registered, so
+            // by the module invariant its fd is open and still its own.
+            let fd = unsafe { BorrowedFd::borrow_raw(conn.fd) };
+            // Failure means the peer is already gone: nothing to stop.
+            let _ = sys::shutdown(fd, sys::How::Both);
         }
     }
-}
-
-/// Callers hold the registry lock and `conn` is registered.
-fn shutdown_conn(conn: &ConnState, how: sys::How) {
-    if how != sys::How::Write {
-        conn.read_shut.store(true, Ordering::SeqCst);
-    }
-    // SAFETY: the registry lock is held and `conn` is registered, so by the
-    // module invariant its fd is open and still the connection's own.
-    let fd = unsafe { BorrowedFd::borrow_raw(conn.fd) };
-    // Failure means the peer is already gone: nothing to stop.
-    let _ = sys::shutdown(fd, how);
 }

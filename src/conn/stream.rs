@@ -12,7 +12,6 @@ use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use async_io::Timer;
-use event_listener::EventListener;
 use futures_io::{AsyncRead, AsyncWrite};
 use pin_project_lite::pin_project;
 
@@ -28,14 +27,15 @@ pin_project! {
     ///
     /// When draining starts:
     ///
-    /// - an **Idle** connection has its read side shut down, so the
-    ///   application's pending read returns `Ok(0)` and its loop ends;
+    /// - an **Idle** connection's pending read returns `Ok(0)`, so the
+    ///   application's loop ends;
     /// - a **Busy** connection is left alone until it next goes idle;
     /// - a **New** connection gets the first-byte grace to send its request.
     ///
     /// A connection the drain ends is closed without resetting the peer: its
     /// read returns `Ok(0)` only after it has sent its FIN and lingered,
-    /// discarding whatever the peer still sent. At the deadline every
+    /// discarding what the peer still sends, until the peer's own FIN (or the
+    /// linger time). At the deadline every
     /// remaining connection is shut down both ways.
     ///
     /// Made by [`TrackedListener::accept`](super::TrackedListener::accept) or
@@ -48,18 +48,10 @@ pin_project! {
         stream: S,
         // A write or flush completed since the last read that returned data.
         wrote: bool,
-        wait: Wait,
+        // Running once draining starts on a New connection.
+        grace: Option<Timer>,
         close: Close,
     }
-}
-
-/// What a pending read on a New connection waits for besides data.
-enum Wait {
-    None,
-    /// Draining has not started: wake when it does.
-    Drain(EventListener),
-    /// Draining has started: the first byte must arrive before this fires.
-    Grace(Timer),
 }
 
 enum Close {
@@ -112,7 +104,7 @@ impl<S: AsFd> Tracked<S> {
             },
             stream,
             wrote: false,
-            wait: Wait::None,
+            grace: None,
             close: Close::Open,
         }
     }
@@ -122,8 +114,8 @@ impl<S: AsFd> Tracked<S> {
     /// This is how the [`Manual`](Policy::Manual) policy works: hold a guard
     /// while a request is being handled. Under the automatic policy a guard
     /// also keeps the connection Busy, for example across a long server push.
-    /// When the last guard is dropped during a drain, the connection's read
-    /// side is shut down, just as for an idle connection.
+    /// When the last guard is dropped during a drain, the connection's
+    /// pending read is woken and ends it, just as for an idle connection.
     pub fn busy(&self) -> BusyGuard {
         let conn = &self.reg.conn;
         if conn.busy_guards.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -132,7 +124,6 @@ impl<S: AsFd> Tracked<S> {
         BusyGuard {
             shared: self.reg.shared.clone(),
             conn: conn.clone(),
-            id: self.reg.id,
         }
     }
 
@@ -190,69 +181,78 @@ impl<S: AsyncRead + AsFd> AsyncRead for Tracked<S> {
                 Close::Open => {}
                 Close::Closed => return Poll::Ready(Ok(0)),
                 Close::Lingering(timer) => {
-                    ready!(Pin::new(timer).poll(cx));
-                    sys::discard_queued(this.stream.as_ref().get_ref().as_fd());
+                    ready!(poll_linger(this.stream.as_mut(), timer, cx));
                     *this.close = Close::Closed;
                     return Poll::Ready(Ok(0));
                 }
             }
             match this.stream.as_mut().poll_read(cx, buf) {
-                Poll::Ready(Ok(0)) if !buf.is_empty() => {
-                    if !conn.read_shut.load(Ordering::SeqCst) {
-                        return Poll::Ready(Ok(0)); // the peer closed
-                    }
-                    // We ended the read side: FIN, then linger before `Ok(0)`.
-                    shared.set_state(conn, CLOSING);
-                    let _ = sys::shutdown(this.stream.as_ref().get_ref().as_fd(), sys::How::Write);
-                    let until = shared
-                        .shutdown
-                        .deadline()
-                        .map_or_else(Instant::now, |deadline| {
-                            deadline.min(Instant::now() + shared.config.linger)
-                        });
-                    *this.close = Close::Lingering(Timer::at(until));
-                }
                 Poll::Ready(Ok(n)) => {
                     if n > 0 {
-                        let state = conn.state.load(Ordering::SeqCst);
-                        if shared.config.policy == Policy::Automatic || state == NEW {
-                            let busy = shared.config.policy == Policy::Automatic
-                                || conn.busy_guards.load(Ordering::SeqCst) > 0;
-                            shared.set_state(conn, if busy { BUSY } else { IDLE });
-                        }
+                        on_data(shared, conn);
                         *this.wrote = false;
-                        *this.wait = Wait::None;
+                        *this.grace = None;
                     }
                     return Poll::Ready(Ok(n));
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    let fd = this.stream.as_ref().get_ref().as_fd();
-                    if !on_read_pending(shared, conn, *this.wrote, this.wait, fd, cx) {
+                    if !drain_ends_it(shared, conn, *this.wrote, this.grace, cx) {
                         return Poll::Pending;
                     }
-                    // The read side was just shut down: read again to get the
-                    // rest of the queue, then `Ok(0)`.
+                    // Send our FIN, then linger before reporting `Ok(0)`.
+                    shared.set_state(conn, CLOSING);
+                    let fd = this.stream.as_ref().get_ref().as_fd();
+                    let _ = sys::shutdown(fd, sys::How::Write);
+                    let now = Instant::now();
+                    let until = shared
+                        .shutdown
+                        .deadline()
+                        .map_or(now, |deadline| deadline.min(now + shared.config.linger));
+                    *this.close = Close::Lingering(Timer::at(until));
                 }
             }
         }
     }
 }
 
-/// A read found nothing. Updates the state and, if the drain should end this
-/// connection now, shuts its read side and returns `true`.
-fn on_read_pending(
+/// A read returned data.
+fn on_data(shared: &Shared, conn: &ConnState) {
+    let manual = shared.config.policy == Policy::Manual;
+    let state = conn.state.load(Ordering::SeqCst);
+    if !manual {
+        shared.set_state(conn, BUSY);
+    } else if state == NEW {
+        let busy = conn.busy_guards.load(Ordering::SeqCst) > 0;
+        shared.set_state(conn, if busy { BUSY } else { IDLE });
+    }
+}
+
+/// A read found nothing. Updates the state and says whether the drain ends
+/// this connection now; if not, the read will be woken when that may change.
+fn drain_ends_it(
     shared: &Shared,
     conn: &ConnState,
     wrote: bool,
-    wait: &mut Wait,
-    fd: BorrowedFd<'_>,
+    grace: &mut Option<Timer>,
     cx: &mut Context<'_>,
 ) -> bool {
     let shutdown = &shared.shutdown;
+    // Register, then look: a drain that starts in between still wakes us.
+    conn.reader.register(cx.waker());
     let state = conn.state.load(Ordering::SeqCst);
     if state == NEW {
-        return new_conn_expired(shared, wait, cx) && shut_read(conn, fd);
+        if !shutdown.is_draining() {
+            return false;
+        }
+        let timer = grace.get_or_insert_with(|| {
+            let now = Instant::now();
+            let until = shutdown.deadline().map_or(now, |deadline| {
+                deadline.min(now + shared.config.first_byte_grace)
+            });
+            Timer::at(until)
+        });
+        return Pin::new(timer).poll(cx).is_ready();
     }
     if state == BUSY
         && wrote
@@ -261,44 +261,36 @@ fn on_read_pending(
     {
         shared.set_state(conn, IDLE);
     }
-    // Set Idle, then check the phase; the drain sets the phase, then checks
-    // states. Whichever comes second shuts the read side.
-    conn.state.load(Ordering::SeqCst) == IDLE
-        && shutdown.is_draining()
-        && !conn.read_shut.load(Ordering::SeqCst)
-        && shut_read(conn, fd)
+    conn.state.load(Ordering::SeqCst) == IDLE && shutdown.is_draining()
 }
 
-/// For a New connection: whether its first-byte grace has run out. Arranges
-/// to be woken when draining starts, and then when the grace ends.
-fn new_conn_expired(shared: &Shared, wait: &mut Wait, cx: &mut Context<'_>) -> bool {
-    let shutdown = &shared.shutdown;
-    loop {
-        match wait {
-            Wait::Grace(timer) => return Pin::new(timer).poll(cx).is_ready(),
-            _ if shutdown.is_draining() => {
-                let now = Instant::now();
-                let until = shutdown.deadline().map_or(now, |deadline| {
-                    deadline.min(now + shared.config.first_byte_grace)
-                });
-                *wait = Wait::Grace(Timer::at(until));
+/// Our FIN is out: read and throw away what the peer still sends until its
+/// own FIN, an error, or the timer. Then nothing unread is left to make the
+/// close send an RST.
+fn poll_linger<S: AsyncRead + AsFd>(
+    mut stream: Pin<&mut S>,
+    timer: &mut Timer,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let mut scratch = [0u8; 4096];
+    // A budget, so a peer that streams cannot hold this task.
+    for _ in 0..32 {
+        match stream.as_mut().poll_read(cx, &mut scratch) {
+            Poll::Ready(Ok(n)) if n > 0 => {}
+            Poll::Ready(_) => return Poll::Ready(()), // the peer's FIN, or an error
+            Poll::Pending => {
+                ready!(Pin::new(timer).poll(cx));
+                sys::discard_queued(stream.as_ref().get_ref().as_fd());
+                return Poll::Ready(());
             }
-            Wait::Drain(listener) => {
-                if Pin::new(listener).poll(cx).is_pending() {
-                    return false;
-                }
-                *wait = Wait::None;
-            }
-            // Listen first; the loop then checks the phase again.
-            Wait::None => *wait = Wait::Drain(shutdown.changed()),
+        }
+        if Pin::new(&mut *timer).poll(cx).is_ready() {
+            sys::discard_queued(stream.as_ref().get_ref().as_fd());
+            return Poll::Ready(());
         }
     }
-}
-
-fn shut_read(conn: &ConnState, fd: BorrowedFd<'_>) -> bool {
-    conn.read_shut.store(true, Ordering::SeqCst);
-    let _ = sys::shutdown(fd, sys::How::Read);
-    true
+    cx.waker().wake_by_ref();
+    Poll::Pending
 }
 
 impl<S: AsyncWrite> AsyncWrite for Tracked<S> {
@@ -341,7 +333,6 @@ impl<S: AsyncWrite> AsyncWrite for Tracked<S> {
 pub struct BusyGuard {
     shared: Arc<Shared>,
     conn: Arc<ConnState>,
-    id: u64,
 }
 
 impl fmt::Debug for BusyGuard {
@@ -352,14 +343,14 @@ impl fmt::Debug for BusyGuard {
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
-        if self.conn.busy_guards.fetch_sub(1, Ordering::SeqCst) != 1
-            || self.shared.config.policy != Policy::Manual
-        {
+        if self.conn.busy_guards.fetch_sub(1, Ordering::SeqCst) != 1 {
             return;
         }
-        self.shared.set_state(&self.conn, IDLE);
-        if self.shared.shutdown.is_draining() {
-            self.shared.registry.shutdown_one(self.id, sys::How::Read);
+        if self.shared.config.policy == Policy::Manual {
+            self.shared.set_state(&self.conn, IDLE);
         }
+        // The pending read looks again: the connection may be idle now, and
+        // if draining, it ends.
+        self.conn.reader.wake();
     }
 }
