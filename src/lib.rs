@@ -81,3 +81,8 @@ pub mod systemd;
 pub use conn::{Tracked, TrackedListener, Tracker};
 pub use handoff::Upgrader;
 pub use shutdown::{Guard, Phase, Shutdown};
+
+// Compiles the README's examples as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

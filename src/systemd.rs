@@ -29,9 +29,9 @@
 //!
 //! - **`NotifyAccess=all`**: with the default (`main`), systemd drops every
 //!   message not sent by the main process. During a handoff the main process
-//!   moves: the new generation says `READY=1` before it is the main process,
-//!   and the old one reports `STATUS=` while draining after it has stopped
-//!   being the main process. (`exec` is not enough either: the new
+//!   moves: the old generation reports `STATUS=` while it drains, after it
+//!   has stopped being the main process, and a generation started by an
+//!   old one reports for itself later. (`exec` is not enough either: the new
 //!   generation is started by the service, not by an `Exec*=` line.)
 //! - **`KillMode=control-group`** (the default, written out because it
 //!   matters): on `systemctl stop`, `SIGTERM` goes to every process of the
