@@ -391,6 +391,130 @@ async fn request_racing_the_drain_is_served() {
     assert_eq!(tracker.counts(), Counts::default());
 }
 
+/// The keep-alive race, won by waiting: the next request on an idle
+/// connection arrives a little *after* draining started, inside the idle
+/// grace. It is served, then the connection closes cleanly.
+async fn request_inside_idle_grace_is_served() {
+    let idle_grace = Duration::from_secs(3);
+    let Server {
+        shutdown,
+        tracker,
+        mut listener,
+        addr,
+    } = server(config().idle_grace(idle_grace));
+    let client = async {
+        let mut client = connect(addr).await;
+        ask(&mut client, "first\n").await;
+        wait_exact(&tracker, counts(0, 0, 1, 0)).await;
+
+        let start = Instant::now();
+        shutdown.graceful(DEADLINE);
+        // Only once the drain has surely begun: the server is waiting.
+        wait_counts(&tracker, "drain seen", |_| shutdown.is_draining()).await;
+        ask(&mut client, "second\n").await;
+        assert!(start.elapsed() < idle_grace, "the test sent too late");
+        expect_eof(&mut client).await;
+        within("stopped", shutdown.stopped()).await;
+        client
+    };
+    let (served, client) =
+        within("scenario", future::zip(serve(&mut listener, None), client)).await;
+    assert_eq!(served, [2]);
+    assert_no_reset(&client);
+}
+
+/// A client that keeps sending requests, each inside the idle grace of the
+/// last, cannot hold the drain: the grace counts from the drain's start at
+/// the latest, so the connection is closed at its first idle moment after
+/// that, long before the deadline.
+async fn steady_requests_cannot_hold_the_drain() {
+    let idle_grace = Duration::from_millis(300);
+    let Server {
+        shutdown,
+        tracker,
+        mut listener,
+        addr,
+    } = server(config().idle_grace(idle_grace));
+    let client = async {
+        let mut client = connect(addr).await;
+        ask(&mut client, "0\n").await;
+        wait_exact(&tracker, counts(0, 0, 1, 0)).await;
+        let deadline = shutdown.graceful(DEADLINE).expect("deadline");
+        let mut answered = 1;
+        // Bounded: far more rounds than the grace allows.
+        for round in 1..1000 {
+            Timer::after(Duration::from_millis(20)).await;
+            let line = format!("{round}\n");
+            if client.write_all(line.as_bytes()).await.is_err() {
+                break;
+            }
+            let mut buf = vec![0; line.len()];
+            match within("reply or EOF", client.read(&mut buf)).await {
+                Ok(0) => break,
+                Ok(_) => answered += 1,
+                Err(e) => panic!("reset instead of EOF: {e}"),
+            }
+        }
+        within("stopped", shutdown.stopped()).await;
+        assert!(Instant::now() < deadline, "held until the deadline");
+        (client, answered)
+    };
+    let (served, (client, answered)) =
+        within("scenario", future::zip(serve(&mut listener, None), client)).await;
+    assert!(answered > 1, "requests inside the grace are served");
+    assert_eq!(
+        served,
+        [answered],
+        "every request the server took was answered"
+    );
+    assert_no_reset(&client);
+}
+
+/// `close_lingering`: the application ends a connection itself. The peer
+/// gets the whole response and EOF, bytes it sends afterwards are swallowed
+/// (no RST), and the close ends at the peer's FIN, not after the linger time.
+async fn close_lingering_ends_at_the_peers_fin() {
+    let linger = Duration::from_secs(10);
+    let Server {
+        tracker,
+        mut listener,
+        addr,
+        ..
+    } = server(config().linger(linger));
+    let server = async {
+        let mut conn = accept_one(&mut listener).await;
+        let mut buf = [0; 6];
+        conn.read_exact(&mut buf).await.expect("request");
+        conn.write_all(b"bye\n").await.expect("response");
+        let start = Instant::now();
+        conn.close_lingering().await;
+        let took = start.elapsed();
+        assert_eq!(conn.read(&mut buf).await.expect("read after close"), 0);
+        took
+    };
+    let client = async {
+        let mut client = connect(addr).await;
+        client.write_all(b"hello\n").await.expect("send");
+        expect_reply(&mut client, "bye\n").await;
+        let mut buf = [0; 8];
+        assert_eq!(within("FIN", client.read(&mut buf)).await.expect("EOF"), 0);
+        wait_counts(&tracker, "closing", |c| c.closing == 1).await;
+        client.write_all(b"late\n").await.expect("write after FIN");
+        client
+            .get_ref()
+            .shutdown(std::net::Shutdown::Write)
+            .expect("our FIN");
+        client
+    };
+    let (took, client) = within("scenario", future::zip(server, client)).await;
+    assert!(
+        took < linger / 2,
+        "lingered {took:?}: the peer's FIN should end it"
+    );
+    assert_no_reset(&client);
+    wait_exact(&tracker, Counts::default()).await;
+}
+
 /// (d) A client that writes after it has seen the server's FIN (the keep-alive
 /// race, lost anyway) must not be answered with an RST: the server lingers,
 /// discarding what arrives, and closes cleanly.
@@ -877,6 +1001,9 @@ executors!(
     in_flight_request_completes,
     idle_connection_gets_eof,
     request_racing_the_drain_is_served,
+    request_inside_idle_grace_is_served,
+    steady_requests_cannot_hold_the_drain,
+    close_lingering_ends_at_the_peers_fin,
     data_after_fin_is_not_reset,
     silent_connection_held_for_grace_only,
     request_within_grace_is_served,

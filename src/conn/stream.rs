@@ -48,7 +48,9 @@ pin_project! {
         stream: S,
         // A write or flush completed since the last read that returned data.
         wrote: bool,
-        // Running once draining starts on a New connection.
+        // When the automatic policy last made it Idle.
+        idle_since: Option<Instant>,
+        // Running while a drain waits out a New or Idle connection's grace.
         grace: Option<Timer>,
         close: Close,
     }
@@ -104,6 +106,7 @@ impl<S: AsFd> Tracked<S> {
             },
             stream,
             wrote: false,
+            idle_since: None,
             grace: None,
             close: Close::Open,
         }
@@ -161,6 +164,24 @@ impl<S: AsFd> Tracked<S> {
     }
 }
 
+impl<S: AsyncRead + AsFd + Unpin> Tracked<S> {
+    /// Ends the connection from this side without resetting the peer: sends
+    /// our FIN, then reads and discards what the peer still sends until its
+    /// own FIN, or the linger time (never past the deadline).
+    ///
+    /// For a connection the application ends itself, for example after an
+    /// HTTP `Connection: close` response. (A connection the drain ends does
+    /// this by itself before its read returns `Ok(0)`.) Reads return `Ok(0)`
+    /// afterwards.
+    pub async fn close_lingering(&mut self) {
+        if matches!(self.close, Close::Open) {
+            self.close = start_linger(&self.reg.shared, &self.reg.conn, &self.stream);
+        }
+        // A lingering read never touches the buffer and ends with `Ok(0)`.
+        let _ = futures_lite::AsyncReadExt::read(self, &mut [0u8; 1]).await;
+    }
+}
+
 impl<S: AsFd> AsFd for Tracked<S> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
@@ -191,29 +212,34 @@ impl<S: AsyncRead + AsFd> AsyncRead for Tracked<S> {
                     if n > 0 {
                         on_data(shared, conn);
                         *this.wrote = false;
+                        *this.idle_since = None;
                         *this.grace = None;
                     }
                     return Poll::Ready(Ok(n));
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    if !drain_ends_it(shared, conn, *this.wrote, this.grace, cx) {
+                    let (wrote, idle_since) = (*this.wrote, &mut *this.idle_since);
+                    if !drain_ends_it(shared, conn, wrote, idle_since, this.grace, cx) {
                         return Poll::Pending;
                     }
-                    // Send our FIN, then linger before reporting `Ok(0)`.
-                    shared.set_state(conn, CLOSING);
-                    let fd = this.stream.as_ref().get_ref().as_fd();
-                    let _ = sys::shutdown(fd, sys::How::Write);
-                    let now = Instant::now();
-                    let until = shared
-                        .shutdown
-                        .deadline()
-                        .map_or(now, |deadline| deadline.min(now + shared.config.linger));
-                    *this.close = Close::Lingering(Timer::at(until));
+                    *this.close = start_linger(shared, conn, this.stream.as_ref().get_ref());
                 }
             }
         }
     }
+}
+
+/// Sends our FIN; the read then lingers before reporting `Ok(0)`.
+fn start_linger(shared: &Shared, conn: &ConnState, stream: &impl AsFd) -> Close {
+    shared.set_state(conn, CLOSING);
+    let _ = sys::shutdown(stream.as_fd(), sys::How::Write);
+    let now = Instant::now();
+    let until = match shared.shutdown.deadline() {
+        Some(deadline) => deadline.min(now + shared.config.linger),
+        None => now + shared.config.linger,
+    };
+    Close::Lingering(Timer::at(until))
 }
 
 /// A read returned data.
@@ -234,34 +260,43 @@ fn drain_ends_it(
     shared: &Shared,
     conn: &ConnState,
     wrote: bool,
+    idle_since: &mut Option<Instant>,
     grace: &mut Option<Timer>,
     cx: &mut Context<'_>,
 ) -> bool {
     let shutdown = &shared.shutdown;
     // Register, then look: a drain that starts in between still wakes us.
     conn.reader.register(cx.waker());
-    let state = conn.state.load(Ordering::SeqCst);
-    if state == NEW {
-        if !shutdown.is_draining() {
-            return false;
-        }
-        let timer = grace.get_or_insert_with(|| {
-            let now = Instant::now();
-            let until = shutdown.deadline().map_or(now, |deadline| {
-                deadline.min(now + shared.config.first_byte_grace)
-            });
-            Timer::at(until)
-        });
-        return Pin::new(timer).poll(cx).is_ready();
-    }
+    let mut state = conn.state.load(Ordering::SeqCst);
     if state == BUSY
         && wrote
         && shared.config.policy == Policy::Automatic
         && conn.busy_guards.load(Ordering::SeqCst) == 0
     {
         shared.set_state(conn, IDLE);
+        *idle_since = Some(Instant::now());
+        state = IDLE;
     }
-    conn.state.load(Ordering::SeqCst) == IDLE && shutdown.is_draining()
+    if state == BUSY || !shutdown.is_draining() {
+        return false;
+    }
+    // A New connection's request, or an idle one's next, may already be on
+    // the wire: wait out its grace, counted from the drain's start at the
+    // latest, so a steady stream of requests cannot hold the drain.
+    let drain_started = shared.drain_started();
+    let end = match (state, *idle_since) {
+        (NEW, _) => drain_started + shared.config.first_byte_grace,
+        (_, Some(since)) => since.min(drain_started) + shared.config.idle_grace,
+        (_, None) => return true, // idle since a busy guard dropped: no grace
+    };
+    let end = shutdown
+        .deadline()
+        .map_or(end, |deadline| end.min(deadline));
+    if Instant::now() >= end {
+        return true;
+    }
+    let timer = grace.get_or_insert_with(|| Timer::at(end));
+    Pin::new(timer).poll(cx).is_ready()
 }
 
 /// Our FIN is out: read and throw away what the peer still sends until its

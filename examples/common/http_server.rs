@@ -1,0 +1,430 @@
+//! A small HTTP/1.1 server with graceful shutdown and hot restart, on smol.
+//!
+//! Shared by `examples/http.rs` (run it directly), `examples/demo.rs` (which
+//! runs it as a child process) and `tests/restart.rs` (which drives the
+//! `http` example binary).
+//!
+//! ```text
+//! http [--listen ADDR] [--pid-file PATH] [--ready-timeout-ms N] [--drain-timeout-ms N]
+//! ```
+//!
+//! - `GET /` answers `200 ok`; `GET /sleep?ms=N` answers `200 ok` after N ms;
+//!   anything else is a 404 (405 for methods other than GET and HEAD).
+//! - Every response has `content-length` and `x-generation: <pid>`, the pid of
+//!   the process that served it.
+//! - Keep-alive by default (HTTP/1.1). A response written while this process
+//!   is draining says `connection: close`, and the connection is then closed
+//!   cleanly, so a well-behaved client never races the close.
+//! - SIGHUP (or SIGUSR2) starts the next generation, which inherits the
+//!   listening socket (so `--listen 127.0.0.1:0` keeps its port across
+//!   restarts); SIGTERM (or SIGINT) drains; a second SIGTERM stops at once.
+//!
+//! On stdout it prints `listening on ADDR` once bound. On stderr it logs one
+//! line per event, each starting with `[pid]`; the line
+//! `[pid] drained N connections in M ms (K left at the deadline)` is meant to
+//! be parsed.
+#![allow(dead_code)]
+
+use std::cell::Cell;
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use async_io::{Async, Timer};
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use seamless::conn::Counts;
+use seamless::handoff::{Options, Upgrader};
+use seamless::signals::SignalHandler;
+use seamless::{Shutdown, Tracked, Tracker};
+
+/// Largest request head accepted; a bigger one gets 431 and a close.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Most headers in a request; more gets 431 and a close.
+const MAX_HEADERS: usize = 64;
+/// Longest `/sleep` accepted.
+const MAX_SLEEP_MS: u64 = 60_000;
+/// How often drain progress is reported.
+const REPORT_EVERY: Duration = Duration::from_millis(100);
+
+/// Command-line settings.
+#[derive(Debug, Clone)]
+pub struct Args {
+    /// Where to listen if no listener is inherited.
+    pub listen: String,
+    /// Where each generation writes its pid once ready.
+    pub pid_file: Option<PathBuf>,
+    /// How long the next generation has to become ready.
+    pub ready_timeout: Duration,
+    /// The drain deadline, after an upgrade or on SIGTERM.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args {
+            listen: "127.0.0.1:8080".into(),
+            pid_file: None,
+            ready_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+const USAGE: &str = "usage: http [--listen ADDR] [--pid-file PATH] \
+                     [--ready-timeout-ms N] [--drain-timeout-ms N]";
+
+fn bad_usage(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, format!("{message}\n{USAGE}"))
+}
+
+/// Parses the options (without the program name).
+pub fn parse_args(args: impl Iterator<Item = String>) -> io::Result<Args> {
+    let mut parsed = Args::default();
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => (name.to_owned(), Some(value.into())),
+            _ => (arg, None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| bad_usage(format!("{name} needs a value")))
+        };
+        let millis = |value: String| {
+            value
+                .parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| bad_usage(format!("{name}: not a number of milliseconds: {value}")))
+        };
+        match name.as_str() {
+            "--listen" => parsed.listen = value()?,
+            "--pid-file" => parsed.pid_file = Some(value()?.into()),
+            "--ready-timeout-ms" => parsed.ready_timeout = millis(value()?)?,
+            "--drain-timeout-ms" => parsed.drain_timeout = millis(value()?)?,
+            "-h" | "--help" => return Err(bad_usage("help".into())),
+            _ => return Err(bad_usage(format!("unknown argument {name:?}"))),
+        }
+    }
+    Ok(parsed)
+}
+
+/// Writes one log line to stderr in a single `write`, so that lines from
+/// several generations sharing the same pipe never interleave.
+pub fn log(message: std::fmt::Arguments<'_>) {
+    let line = format!("[{}] {message}\n", std::process::id());
+    let _ = io::stderr().write_all(line.as_bytes());
+}
+
+macro_rules! log {
+    ($($arg:tt)*) => { log(format_args!($($arg)*)) };
+}
+
+/// Parses `args` (without the program name) and serves until stopped.
+pub fn main_with_args(args: impl Iterator<Item = String>) -> io::Result<()> {
+    run(parse_args(args)?)
+}
+
+/// Serves until the shutdown has stopped: after an upgrade or a SIGTERM,
+/// once the last connection is gone or the drain deadline has passed.
+pub fn run(args: Args) -> io::Result<()> {
+    let started = Instant::now();
+    let shutdown = Shutdown::new();
+    // First, before anything else opens an fd: take what the parent passed.
+    let mut options = Options::default()
+        .ready_timeout(args.ready_timeout)
+        .drain_timeout(args.drain_timeout);
+    if let Some(path) = &args.pid_file {
+        options = options.pid_file(path);
+    }
+    let upgrader = Upgrader::new(&shutdown, options).map_err(io::Error::other)?;
+    let tracker = Tracker::new(&shutdown);
+
+    let listener = upgrader.tcp_listener("http", args.listen.as_str())?;
+    let addr = listener.local_addr()?;
+    let listener = tracker.listen(Async::new(listener)?);
+    let mut signals = SignalHandler::new(&shutdown)?
+        .upgrader(upgrader.clone())
+        .drain_timeout(args.drain_timeout);
+
+    let how = if upgrader.has_parent() {
+        "inherited"
+    } else {
+        "new socket"
+    };
+    log!("listening on {addr} ({how})");
+    {
+        let mut stdout = io::stdout().lock();
+        writeln!(stdout, "listening on {addr}")?;
+        stdout.flush()?;
+    }
+    upgrader.ready()?;
+    log!("ready in {} ms", started.elapsed().as_millis());
+
+    let executor = smol::LocalExecutor::new();
+    let drain = Rc::new(DrainLog::default());
+    smol::block_on(executor.run(async {
+        let accepting = accept_loop(listener, &executor);
+        let reporting = tracker.report_drain(REPORT_EVERY, |counts| drain.report(counts));
+        let handling_signals = async {
+            loop {
+                let event = signals.next().await;
+                log!("{event}");
+            }
+        };
+        // The accept loop ends when draining starts and the reporter when the
+        // shutdown stops; the signal loop never ends. `stopped()` both waits
+        // for the end and enforces the drain deadline, so it decides.
+        let work = async {
+            future::zip(accepting, reporting).await;
+            future::pending::<()>().await
+        };
+        future::or(shutdown.stopped(), future::or(work, handling_signals)).await;
+    }));
+    drain.finish(&tracker.counts());
+    log!("stopped");
+    Ok(())
+}
+
+/// Drain progress, logged when it changes.
+#[derive(Default)]
+struct DrainLog {
+    /// When draining started, and how many connections were open then.
+    start: Cell<Option<(Instant, usize)>>,
+    last: Cell<Option<Counts>>,
+}
+
+impl DrainLog {
+    fn report(&self, counts: Counts) {
+        if self.start.get().is_none() {
+            self.start.set(Some((Instant::now(), counts.total)));
+        }
+        let text = format!(
+            "draining: {} connections (busy {}, idle {}, new {}, closing {})",
+            counts.total, counts.busy, counts.idle, counts.new, counts.closing
+        );
+        // Outside systemd this sends nothing.
+        let _ = seamless::systemd::status(&text);
+        if self.last.replace(Some(counts)) != Some(counts) {
+            log!("{text}");
+        }
+    }
+
+    /// Logs the parseable summary line. Without a report, the drain found
+    /// no connection at all and ended at once.
+    fn finish(&self, left: &Counts) {
+        let (start, open) = self.start.get().unwrap_or((Instant::now(), 0));
+        log!(
+            "drained {open} connections in {} ms ({} left at the deadline)",
+            start.elapsed().as_millis(),
+            left.total
+        );
+    }
+}
+
+async fn accept_loop(
+    mut listener: seamless::TrackedListener<Async<std::net::TcpListener>>,
+    executor: &smol::LocalExecutor<'_>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok(Some((stream, _peer))) => executor.spawn(serve(stream)).detach(),
+            // Draining: this process takes no more connections.
+            Ok(None) => return,
+            // Usually transient (EMFILE, ECONNABORTED): back off a little.
+            Err(e) => {
+                log!("accept: {e}");
+                Timer::after(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+type Stream = Tracked<Async<TcpStream>>;
+
+/// A parsed request head.
+#[derive(Debug)]
+struct Request {
+    method: String,
+    target: String,
+    /// The client asked to close after this request.
+    close: bool,
+    /// HTTP/1.0 (answered as such).
+    http10: bool,
+    /// The request has a body, which this server does not read.
+    has_body: bool,
+    /// Bytes of the head, to remove from the buffer.
+    len: usize,
+}
+
+enum Head {
+    Complete(Request),
+    Partial,
+    /// A status to answer before closing.
+    Invalid(u16),
+}
+
+fn parse_head(buf: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Head::Invalid(431),
+        Err(_) => return Head::Invalid(400),
+    };
+    let http10 = request.version == Some(0);
+    let mut close = http10; // HTTP/1.0 closes unless asked to keep alive
+    let mut has_body = false;
+    for header in request.headers.iter() {
+        let value = String::from_utf8_lossy(header.value);
+        if header.name.eq_ignore_ascii_case("connection") {
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") && http10 {
+                    close = false;
+                }
+            }
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding")
+            || (header.name.eq_ignore_ascii_case("content-length") && value.trim() != "0")
+        {
+            has_body = true;
+        }
+    }
+    Head::Complete(Request {
+        method: request.method.unwrap_or_default().to_owned(),
+        target: request.path.unwrap_or_default().to_owned(),
+        close,
+        http10,
+        has_body,
+        len,
+    })
+}
+
+/// Serves one connection: request after request (pipelined ones too) until
+/// either side closes.
+async fn serve(mut stream: Stream) {
+    // Bytes read but not yet used: the head being read, and whatever the
+    // client pipelined after it.
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        let request = loop {
+            if !buf.is_empty() {
+                match parse_head(&buf) {
+                    Head::Complete(request) => break request,
+                    Head::Invalid(status) => {
+                        let _ = respond(&mut stream, status, false, true, false).await;
+                        return stream.close_lingering().await;
+                    }
+                    Head::Partial if buf.len() >= MAX_HEAD => {
+                        let _ = respond(&mut stream, 431, false, true, false).await;
+                        return stream.close_lingering().await;
+                    }
+                    Head::Partial => {}
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let room = (MAX_HEAD - buf.len()).min(chunk.len());
+            match stream.read(&mut chunk[..room]).await {
+                // The peer closed, or the drain ended this idle connection.
+                Ok(0) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return,
+            }
+        };
+        buf.drain(..request.len);
+
+        let (status, close_anyway) = route(&request).await;
+        // Decided when the response is written: a drain that started while the
+        // request was handled still gets its `connection: close`.
+        let close = close_anyway || request.close || stream.is_draining();
+        let head_only = request.method == "HEAD";
+        if respond(&mut stream, status, request.http10, close, head_only)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if close {
+            return stream.close_lingering().await;
+        }
+    }
+}
+
+/// The status for `request`, and whether the connection must close after it.
+async fn route(request: &Request) -> (u16, bool) {
+    if request.has_body {
+        return (400, true); // bodies are not read here
+    }
+    if request.method != "GET" && request.method != "HEAD" {
+        return (405, false);
+    }
+    let (path, query) = request
+        .target
+        .split_once('?')
+        .unwrap_or((&request.target, ""));
+    match path {
+        "/" => (200, false),
+        "/sleep" => {
+            let ms = query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("ms="))
+                .and_then(|ms| ms.parse::<u64>().ok())
+                .filter(|ms| *ms <= MAX_SLEEP_MS);
+            match ms {
+                Some(ms) => {
+                    Timer::after(Duration::from_millis(ms)).await;
+                    (200, false)
+                }
+                None => (400, false),
+            }
+        }
+        _ => (404, false),
+    }
+}
+
+async fn respond(
+    stream: &mut Stream,
+    status: u16,
+    http10: bool,
+    close: bool,
+    head_only: bool,
+) -> io::Result<()> {
+    let (reason, body) = match status {
+        200 => ("OK", "ok\n"),
+        400 => ("Bad Request", "bad request\n"),
+        404 => ("Not Found", "not found\n"),
+        405 => ("Method Not Allowed", "method not allowed\n"),
+        431 => (
+            "Request Header Fields Too Large",
+            "request head too large\n",
+        ),
+        _ => ("Error", "error\n"),
+    };
+    let version = if http10 { "1.0" } else { "1.1" };
+    let connection = match (close, http10) {
+        (true, _) => "connection: close\r\n",
+        (false, true) => "connection: keep-alive\r\n",
+        (false, false) => "",
+    };
+    let allow = if status == 405 {
+        "allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
+    let mut response = format!(
+        "HTTP/{version} {status} {reason}\r\ncontent-type: text/plain\r\n\
+         content-length: {}\r\nx-generation: {}\r\n{allow}{connection}\r\n",
+        body.len(),
+        std::process::id()
+    );
+    if !head_only {
+        response.push_str(body);
+    }
+    stream.write_all(response.as_bytes()).await?;
+    stream.flush().await
+}
