@@ -80,16 +80,23 @@ struct Settings {
     restarts: usize,
     seconds: f64,
     clients: usize,
+    /// One request in this many is `/sleep?ms=200`; 0 for none.
+    sleep_one_in: u64,
+    /// Passed to the server; `None` keeps the library's default.
+    idle_grace_ms: Option<u64>,
     verbose: bool,
 }
 
 impl Settings {
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Settings, String> {
-        let usage = "usage: demo [--restarts N] [--seconds S] [--clients C] [--verbose]";
+        let usage = "usage: demo [--restarts N] [--seconds S] [--clients C] \
+                     [--sleep-one-in N] [--idle-grace-ms MS] [--verbose]";
         let mut settings = Settings {
             restarts: 5,
             seconds: 10.0,
             clients: 32,
+            sleep_one_in: 10,
+            idle_grace_ms: None,
             verbose: false,
         };
         while let Some(arg) = args.next() {
@@ -118,6 +125,15 @@ impl Settings {
                         .ok()
                         .filter(|c| (2..=1000).contains(c))
                         .ok_or_else(|| bad("--clients", &v))?;
+                }
+                "--sleep-one-in" => {
+                    let v = value("--sleep-one-in")?;
+                    settings.sleep_one_in = v.parse().map_err(|_| bad("--sleep-one-in", &v))?;
+                }
+                "--idle-grace-ms" => {
+                    let v = value("--idle-grace-ms")?;
+                    let ms = v.parse().map_err(|_| bad("--idle-grace-ms", &v))?;
+                    settings.idle_grace_ms = Some(ms);
                 }
                 "--verbose" | "-v" => settings.verbose = true,
                 _ => return Err(format!("unknown argument {arg:?}\n{usage}")),
@@ -155,13 +171,18 @@ struct Server {
 }
 
 impl Server {
-    fn start(verbose: bool) -> io::Result<(Server, u32)> {
+    fn start(verbose: bool, idle_grace_ms: Option<u64>) -> io::Result<(Server, u32)> {
         let dir = tempfile::tempdir()?;
         let pid_file = dir.path().join("http.pid");
-        let mut child = Command::new(std::env::current_exe()?)
+        let mut command = Command::new(std::env::current_exe()?);
+        command
             .args(["--serve", "--listen", "127.0.0.1:0", "--pid-file"])
             .arg(&pid_file)
-            .args(["--ready-timeout-ms", "10000", "--drain-timeout-ms", "10000"])
+            .args(["--ready-timeout-ms", "10000", "--drain-timeout-ms", "10000"]);
+        if let Some(ms) = idle_grace_ms {
+            command.args(["--idle-grace-ms", &ms.to_string()]);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -397,7 +418,7 @@ fn demo(settings: &Settings) -> io::Result<bool> {
     if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
         println!("(could not become a child subreaper: {e}; zombies are not checked)");
     }
-    let (mut server, first) = Server::start(settings.verbose)?;
+    let (mut server, first) = Server::start(settings.verbose, settings.idle_grace_ms)?;
     if !server.wait_serving(first) {
         return Err(io::Error::other("the server never became ready"));
     }
@@ -424,7 +445,7 @@ fn demo(settings: &Settings) -> io::Result<bool> {
     let mut config = load::Config::new(server.addr);
     config.keepalive_clients = keepalive;
     config.fresh_clients = fresh;
-    config.sleep_one_in = 10;
+    config.sleep_one_in = settings.sleep_one_in;
     config.sleep_ms = 200;
     config.max_duration = Duration::from_secs_f64(settings.seconds) + Duration::from_secs(120);
     let started = Instant::now();

@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! http [--listen ADDR] [--pid-file PATH] [--ready-timeout-ms N] [--drain-timeout-ms N]
+//!      [--idle-grace-ms N]
 //! ```
 //!
 //! - `GET /` answers `200 ok`; `GET /sleep?ms=N` answers `200 ok` after N ms;
@@ -59,6 +60,9 @@ pub struct Args {
     pub ready_timeout: Duration,
     /// The drain deadline, after an upgrade or on SIGTERM.
     pub drain_timeout: Duration,
+    /// How long an idle keep-alive connection is given at drain for a next
+    /// request already on the wire (`None`: the library's default).
+    pub idle_grace: Option<Duration>,
 }
 
 impl Default for Args {
@@ -68,12 +72,13 @@ impl Default for Args {
             pid_file: None,
             ready_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            idle_grace: None,
         }
     }
 }
 
 const USAGE: &str = "usage: http [--listen ADDR] [--pid-file PATH] \
-                     [--ready-timeout-ms N] [--drain-timeout-ms N]";
+                     [--ready-timeout-ms N] [--drain-timeout-ms N] [--idle-grace-ms N]";
 
 fn bad_usage(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, format!("{message}\n{USAGE}"))
@@ -105,6 +110,7 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> io::Result<Args> {
             "--pid-file" => parsed.pid_file = Some(value()?.into()),
             "--ready-timeout-ms" => parsed.ready_timeout = millis(value()?)?,
             "--drain-timeout-ms" => parsed.drain_timeout = millis(value()?)?,
+            "--idle-grace-ms" => parsed.idle_grace = Some(millis(value()?)?),
             "-h" | "--help" => return Err(bad_usage("help".into())),
             _ => return Err(bad_usage(format!("unknown argument {name:?}"))),
         }
@@ -141,7 +147,11 @@ pub fn run(args: Args) -> io::Result<()> {
         options = options.pid_file(path);
     }
     let upgrader = Upgrader::new(&shutdown, options).map_err(io::Error::other)?;
-    let tracker = Tracker::new(&shutdown);
+    let mut config = seamless::conn::Config::default();
+    if let Some(grace) = args.idle_grace {
+        config = config.idle_grace(grace);
+    }
+    let tracker = Tracker::with_config(&shutdown, config);
 
     let listener = upgrader.tcp_listener("http", args.listen.as_str())?;
     let addr = listener.local_addr()?;

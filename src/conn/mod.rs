@@ -274,7 +274,10 @@ impl Tracker {
     /// coordinator stops, and a last time when it has.
     ///
     /// Run it beside your accept loop, for example to print how many
-    /// connections are left or to send systemd a `STATUS=` line.
+    /// connections are left or to send systemd a `STATUS=` line. It ends by
+    /// itself right after the last report, and enforces the deadline as
+    /// [`Shutdown::stopped`] does, so it can stand in for it; racing it
+    /// against `stopped()` would lose that last report.
     pub async fn report_drain(&self, every: Duration, mut report: impl FnMut(Counts)) {
         let shutdown = self.shutdown();
         shutdown.draining().await;
