@@ -496,8 +496,7 @@ impl Upgrader {
         match pipe {
             Some(pipe) => ready::write_ready(&pipe),
             None => {
-                #[cfg(feature = "systemd")]
-                crate::systemd::ready()?;
+                sd::ready()?;
                 Ok(())
             }
         }
@@ -527,18 +526,15 @@ impl Upgrader {
             return Err(UpgradeError::InProgress);
         }
         let _upgrading = ClearOnDrop(&inner.upgrading);
-        #[cfg(feature = "systemd")]
-        let _ = crate::systemd::reloading();
+        let _ = sd::reloading();
         let outcome = self.start_next().await;
         match &outcome {
             Ok(pid) => {
-                #[cfg(feature = "systemd")]
-                let _ = crate::systemd::main_pid_ready(*pid);
+                let _ = sd::main_pid_ready(*pid);
                 inner.shutdown.graceful(inner.options.drain_timeout);
             }
             Err(_) => {
-                #[cfg(feature = "systemd")]
-                let _ = crate::systemd::ready();
+                let _ = sd::ready();
                 // The child may have written the pid file before failing.
                 if let Some(path) = &inner.options.pid_file {
                     let _ = write_pid_file(path, std::process::id());
@@ -671,6 +667,27 @@ fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
     tmp.push(format!(".{pid}.tmp"));
     std::fs::write(&tmp, format!("{pid}\n"))?;
     std::fs::rename(&tmp, path)
+}
+
+/// sd_notify with the `systemd` feature; nothing without it.
+mod sd {
+    #[cfg(feature = "systemd")]
+    pub(super) use crate::systemd::{main_pid_ready, ready, reloading};
+
+    #[cfg(not(feature = "systemd"))]
+    pub(super) fn ready() -> std::io::Result<bool> {
+        Ok(false)
+    }
+
+    #[cfg(not(feature = "systemd"))]
+    pub(super) fn reloading() -> std::io::Result<bool> {
+        Ok(false)
+    }
+
+    #[cfg(not(feature = "systemd"))]
+    pub(super) fn main_pid_ready(_pid: u32) -> std::io::Result<bool> {
+        Ok(false)
+    }
 }
 
 struct ClearOnDrop<'a>(&'a AtomicBool);
