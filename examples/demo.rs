@@ -27,6 +27,8 @@
 mod http_server;
 #[path = "common/load.rs"]
 mod load;
+#[path = "common/procs.rs"]
+mod procs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
@@ -36,12 +38,11 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Signal, WaitOptions};
+use procs::{alive, connection_fds, fd_count, poll, signal};
+use rustix::process::Signal;
 
 /// Bound for anything that should take milliseconds.
 const LONG: Duration = Duration::from_secs(30);
-/// How often the pid file and /proc are polled.
-const POLL: Duration = Duration::from_millis(5);
 /// Requests within this of a SIGHUP count as "around restarts".
 const AROUND: Duration = Duration::from_secs(1);
 /// Connections of each kind held across the final graceful shutdown.
@@ -312,92 +313,6 @@ impl Server {
         })
         .is_some()
     }
-}
-
-/// Polls `check` every [`POLL`] until it returns `Some`, for at most
-/// `timeout`.
-fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
-fn pid_of(pid: u32) -> Pid {
-    Pid::from_raw(pid as i32).expect("a positive pid")
-}
-
-fn signal(pid: u32, signal: Signal) -> io::Result<()> {
-    rustix::process::kill_process(pid_of(pid), signal).map_err(io::Error::from)
-}
-
-/// Whether `pid` still runs; reaps it if it is ours and has exited.
-fn alive(pid: u32) -> bool {
-    let _ = rustix::process::waitpid(Some(pid_of(pid)), WaitOptions::NOHANG);
-    if rustix::process::test_kill_process(pid_of(pid)).is_err() {
-        return false;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim().chars().next());
-    state.is_some() && state != Some('Z')
-}
-
-/// The fds open in `pid`: (number, what it points to).
-fn fds(pid: &str) -> Vec<(String, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            Some((
-                e.file_name().into_string().ok()?,
-                std::fs::read_link(e.path()).ok()?,
-            ))
-        })
-        .collect()
-}
-
-/// `pid`'s open fds: `(own, inherited)`, where `inherited` are fds above
-/// stdio that this process holds too (same number, same pipe, socket or
-/// file): leaked to the first generation by whatever started the demo, and
-/// rightly not passed on to the next.
-fn fd_count(pid: u32) -> (usize, usize) {
-    let ours = fds("self");
-    let theirs = fds(&pid.to_string());
-    let inherited = theirs
-        .iter()
-        .filter(|(n, _)| !matches!(n.as_str(), "0" | "1" | "2"))
-        .filter(|(_, target)| !target.to_string_lossy().starts_with("anon_inode:"))
-        .filter(|fd| ours.contains(fd))
-        .count();
-    (theirs.len() - inherited, inherited)
-}
-
-/// How many of `pid`'s fds are TCP connections (not listeners).
-fn connection_fds(pid: u32) -> usize {
-    let mut connections = BTreeSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = std::fs::read_to_string(table).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() > 9 && fields[3] != "0A" {
-                connections.insert(format!("socket:[{}]", fields[9]));
-            }
-        }
-    }
-    fds(&pid.to_string())
-        .iter()
-        .filter(|(_, target)| connections.contains(&*target.to_string_lossy()))
-        .count()
 }
 
 fn ms(d: Duration) -> String {

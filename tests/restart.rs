@@ -14,6 +14,8 @@
 
 #[path = "../examples/common/load.rs"]
 mod load;
+#[path = "../examples/common/procs.rs"]
+mod procs;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -21,34 +23,18 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Signal, WaitOptions};
+use procs::{alive, become_subreaper, connection_fds, fd_count, pid_of, poll, signal, wait_gone};
+use rustix::process::Signal;
 
 /// Hot restarts in a row under load.
 const RESTARTS: usize = 10;
 /// SIGHUPs in the burst.
 const BURST: usize = 20;
-/// How often files and processes are polled.
-const POLL: Duration = Duration::from_millis(20);
 /// Generous bound for anything that should take milliseconds.
 const LONG: Duration = Duration::from_secs(30);
-
-/// Polls `check` every [`POLL`] until it returns `Some`, for at most
-/// `timeout`.
-fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(POLL);
-    }
-}
 
 /// The `http` example binary, built if need be.
 ///
@@ -100,103 +86,6 @@ fn http_binary() -> &'static Path {
         );
         binary
     })
-}
-
-/// Makes this process the reaper of orphaned descendants, so generations
-/// whose parent generation has exited can be reaped here (and are not left
-/// as zombies of an init that does not reap).
-fn become_subreaper() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
-            eprintln!("could not become a child subreaper ({e}); zombies of init are accepted");
-        }
-    });
-}
-
-fn pid_of(pid: u32) -> Pid {
-    Pid::from_raw(pid as i32).expect("a positive pid")
-}
-
-fn signal(pid: u32, signal: Signal) {
-    rustix::process::kill_process(pid_of(pid), signal)
-        .unwrap_or_else(|e| panic!("kill({pid}, {signal:?}): {e}"));
-}
-
-/// Whether `pid` still runs. Reaps it if it is our exited child; an exited
-/// process that is somebody else's zombie does not run.
-fn alive(pid: u32) -> bool {
-    // ECHILD: not ours (or already reaped). Only this pid is waited for, so
-    // children of other tests are left alone.
-    let _ = rustix::process::waitpid(Some(pid_of(pid)), WaitOptions::NOHANG);
-    if rustix::process::test_kill_process(pid_of(pid)).is_err() {
-        return false; // ESRCH
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // "pid (comm) S ppid ...": the state follows the last ')'.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim().chars().next());
-    state != Some('Z') && state.is_some()
-}
-
-fn wait_gone(pid: u32, timeout: Duration) -> bool {
-    poll(timeout, || (!alive(pid)).then_some(())).is_some()
-}
-
-/// The fds open in `pid`, as (number, what it points to).
-fn fds(pid: &str) -> Vec<(String, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            Some((
-                e.file_name().into_string().ok()?,
-                std::fs::read_link(e.path()).ok()?,
-            ))
-        })
-        .collect()
-}
-
-/// How many fds `pid` has open: `(own, inherited)`, where `inherited` are
-/// fds above stdio that this test process holds too, under the same number
-/// and pointing to the same thing: leaked to the first generation by
-/// whatever started the test (a shell, a jobserver), and rightly not passed
-/// on by the library. Anonymous inodes (epoll, eventfd, timerfd) all read
-/// alike, so they never count as inherited; pipes and sockets name their own
-/// inode. (Reading our own fd list opens one more fd, which never matches.)
-fn fd_count(pid: u32) -> (usize, usize) {
-    let ours = fds("self");
-    let theirs = fds(&pid.to_string());
-    let inherited = theirs
-        .iter()
-        .filter(|(n, _)| !matches!(n.as_str(), "0" | "1" | "2"))
-        .filter(|(_, target)| !target.to_string_lossy().starts_with("anon_inode:"))
-        .filter(|fd| ours.contains(fd))
-        .count();
-    (theirs.len() - inherited, inherited)
-}
-
-/// How many of `pid`'s fds are TCP connections (sockets listed in
-/// /proc/net/tcp{,6} in a state other than LISTEN).
-fn connection_fds(pid: u32) -> usize {
-    let mut connections = BTreeSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = std::fs::read_to_string(table).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            // sl local remote st tx:rx tr:when retrnsmt uid timeout inode
-            if fields.len() > 9 && fields[3] != "0A" {
-                connections.insert(format!("socket:[{}]", fields[9]));
-            }
-        }
-    }
-    fds(&pid.to_string())
-        .iter()
-        .filter(|(_, target)| connections.contains(&*target.to_string_lossy()))
-        .count()
 }
 
 fn read_pid(path: &Path) -> Option<u32> {
@@ -397,7 +286,7 @@ fn hot_restarts_under_load_lose_nothing() {
         );
         let before = load.completed();
         let sent_at = Instant::now();
-        signal(old, Signal::HUP);
+        signal(old, Signal::HUP).expect("send a signal");
         sighups.push(sent_at);
         let new = server.wait_next_generation(old);
         let took = sent_at.elapsed();
@@ -432,7 +321,7 @@ fn hot_restarts_under_load_lose_nothing() {
     .unwrap_or_else(|| fd_count(last).0);
     let connections_last = connection_fds(last);
 
-    signal(last, Signal::TERM);
+    signal(last, Signal::TERM).expect("send a signal");
     let last_gone = wait_gone(last, LONG);
     let pipes_closed = server.wait_pipes_closed(LONG);
     let left: Vec<u32> = server
@@ -562,7 +451,7 @@ fn a_burst_of_sighups_ends_with_one_generation() {
         seen.len()
     );
 
-    signal(survivor, Signal::TERM);
+    signal(survivor, Signal::TERM).expect("send a signal");
     assert!(
         wait_gone(survivor, LONG),
         "{survivor} did not exit after SIGTERM"
