@@ -64,6 +64,10 @@ fn run_tests(args: &[String]) -> ExitCode {
             "child_starts_with_only_the_passed_fds",
             child_starts_with_only_the_passed_fds,
         ),
+        (
+            "a_signal_during_start_up_does_not_kill_the_new_generation",
+            a_signal_during_start_up_does_not_kill_the_new_generation,
+        ),
         ("socket_activation_by_name", socket_activation_by_name),
         ("socket_activation_bad_values", socket_activation_bad_values),
         (
@@ -190,6 +194,37 @@ fn child_starts_with_only_the_passed_fds() {
     wait_gone(child);
 }
 
+fn a_signal_during_start_up_does_not_kill_the_new_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--hold-start", dir.path().to_str().unwrap()], &[]);
+    let let_go = |pid: u32| std::fs::write(dir.path().join(format!("go-{pid}")), "").unwrap();
+    server.sighup();
+    let starting = server.expect("start-held ");
+    let second: u32 = starting.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SIGHUP's default action is to terminate; the new generation has no
+    // handler yet. It must survive, and act on the signal once it can.
+    kill(second, Signal::HUP);
+    let_go(second);
+    server.expect(&format!("ready {second} "));
+    server.expect(&format!(
+        "event {} generation {second} is ready",
+        server.pid
+    ));
+    server.expect(&format!("event {second} Hup: starting the next generation"));
+    let starting = server.expect("start-held ");
+    let third: u32 = starting.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let_go(third);
+    server.expect(&format!("event {second} generation {third} is ready"));
+    assert_eq!(ask_pid(server.addr), third);
+    for pid in [server.pid, second] {
+        server.expect(&format!("stopped {pid}"));
+        wait_gone(pid);
+    }
+    kill(third, Signal::TERM);
+    server.expect(&format!("stopped {third}"));
+    wait_gone(third);
+}
+
 fn socket_activation_by_name() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -304,6 +339,7 @@ struct Server {
     pid: u32,
     addr: SocketAddr,
     lines: mpsc::Receiver<String>,
+    unmatched: std::cell::RefCell<Vec<String>>,
 }
 
 impl Server {
@@ -331,20 +367,27 @@ impl Server {
             child,
             addr: "127.0.0.1:1".parse().unwrap(),
             lines,
+            unmatched: Default::default(),
         };
         let ready = server.expect(&format!("ready {} ", server.pid));
         server.addr = ready.split_whitespace().nth(2).unwrap().parse().unwrap();
         server
     }
 
-    /// Waits for a line containing `what`.
+    /// Takes the first line containing `what`, seen already or still to
+    /// come. Generations write concurrently, so their lines interleave in any
+    /// order; each line is taken once.
     fn expect(&self, what: &str) -> String {
+        let mut unmatched = self.unmatched.borrow_mut();
+        if let Some(at) = unmatched.iter().position(|line| line.contains(what)) {
+            return unmatched.remove(at);
+        }
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains(what) => return line,
-                Ok(_) => {}
+                Ok(line) => unmatched.push(line),
                 Err(e) => panic!("no line with {what:?} within {TIMEOUT:?}: {e}"),
             }
         }
@@ -367,6 +410,34 @@ impl Server {
         self.expect(&format!("stopped {}", self.pid));
         let status = self.child.wait().unwrap();
         assert!(status.success(), "{status}");
+    }
+}
+
+impl Drop for Server {
+    /// A failed test leaves nothing running: as the subreaper, every
+    /// generation is our descendant.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            kill_descendants(std::process::id());
+        }
+    }
+}
+
+fn kill_descendants(pid: u32) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            kill_descendants(child);
+            let _ =
+                rustix::process::kill_process(Pid::from_raw(child as i32).unwrap(), Signal::KILL);
+            let _ = rustix::process::waitpid(
+                Pid::from_raw(child as i32),
+                rustix::process::WaitOptions::empty(),
+            );
+        }
     }
 }
 
@@ -535,7 +606,7 @@ fn open_fds() -> Vec<i32> {
 // ------------------------------------------------------------ the child side
 
 /// `--serve [--next MODE] [--ready-timeout-ms N] [--careless] [--fds-out DIR]
-/// [--hold-ms N]`: writes its pid to each connection. With `--next`, its
+/// [--hold-ms N] [--hold-start DIR]`: writes its pid to each connection. With `--next`, its
 /// upgrades start a misbehaving child instead of another server.
 fn serve(args: &[String], fds_at_start: &[i32]) -> ExitCode {
     let opt = |name: &str| {
@@ -575,6 +646,16 @@ fn serve(args: &[String], fds_at_start: &[i32]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let (Some(dir), true) = (opt("--hold-start"), upgrader.has_parent()) {
+        // A slow start-up, before any signal handler is installed: the
+        // driver sends signals now, then lets us go on.
+        println!("start-held {pid}");
+        let go = Path::new(&dir).join(format!("go-{pid}"));
+        let deadline = Instant::now() + TIMEOUT;
+        while !go.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     let listener = upgrader.tcp_listener("main", "127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let tracker = Tracker::new(&shutdown);
