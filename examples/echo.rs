@@ -13,7 +13,7 @@
 //! [`DEADLINE`]: the listener closes, requests in flight finish, idle
 //! connections are closed cleanly. A second signal stops at once.
 //!
-//! The pieces are public functions so that `examples/demo.rs` can run the
+//! The pieces are public functions so that `examples/shutdown.rs` can run the
 //! same server in-process.
 
 use std::io::{self, Write};
@@ -22,10 +22,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use async_io::{Async, Timer};
-use async_signal::{Signal, Signals};
 use futures_lite::io::BufReader;
-use futures_lite::{future, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, StreamExt};
-use seamless::conn::Config;
+use futures_lite::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use seamless::conn::{Config, Counts};
+use seamless::signals::{Action, Signal, SignalHandler};
 use seamless::{Shutdown, Tracked, TrackedListener, Tracker};
 
 /// How long a line starting with `slow` takes to be echoed.
@@ -108,31 +108,13 @@ pub async fn serve_conn(conn: Tracked<Async<TcpStream>>) -> io::Result<()> {
     }
 }
 
-/// Prints the drain's progress every [`PROGRESS_EVERY`]. Never returns: race
-/// it against `stopped()`.
-pub async fn report_progress(tracker: &Tracker) {
-    loop {
-        let c = tracker.counts();
-        println!(
-            "draining: {} connections left (busy {}, idle {}, new {}, closing {})",
-            c.total, c.busy, c.idle, c.new, c.closing
-        );
-        Timer::after(PROGRESS_EVERY).await;
-    }
-}
-
-/// First SIGINT/SIGTERM: graceful shutdown. Second: immediate.
-async fn handle_signals(mut signals: Signals, shutdown: Shutdown) {
-    while let Some(signal) = signals.next().await {
-        let Ok(signal) = signal else { continue };
-        if shutdown.is_draining() {
-            println!("{signal:?} again: stopping now");
-            shutdown.immediate();
-        } else {
-            println!("{signal:?}: draining (deadline {DEADLINE:?}; signal again to stop now)");
-            shutdown.graceful(DEADLINE);
-        }
-    }
+/// Prints one line of drain progress.
+pub fn print_progress(c: Counts) {
+    let s = if c.total == 1 { "" } else { "s" };
+    println!(
+        "draining: {} connection{s} left (busy {}, idle {}, new {}, closing {})",
+        c.total, c.busy, c.idle, c.new, c.closing
+    );
 }
 
 fn parse_args() -> Result<SocketAddr, String> {
@@ -170,19 +152,33 @@ fn main() -> ExitCode {
 }
 
 async fn run(addr: SocketAddr) -> io::Result<()> {
-    // Before announcing the address, so that a signal sent as soon as the
-    // line is read is handled rather than killing the process.
-    let signals = Signals::new([Signal::Int, Signal::Term])?;
     let server = start(addr, Config::default())?;
+    // Before announcing the address, so that a signal sent as soon as the
+    // line is read is handled rather than killing the process. The first
+    // SIGINT/SIGTERM drains, a second one stops at once.
+    let graceful = [
+        (Signal::Int, Action::Graceful),
+        (Signal::Term, Action::Graceful),
+    ];
+    let mut signals = SignalHandler::with_map(&server.shutdown, graceful)?.drain_timeout(DEADLINE);
     println!("listening on {}", server.addr);
     io::stdout().flush()?;
-    smol::spawn(handle_signals(signals, server.shutdown.clone())).detach();
+    smol::spawn(async move {
+        loop {
+            println!("{}", signals.next().await);
+        }
+    })
+    .detach();
 
-    server.shutdown.draining().await;
     server.accept.await;
-    future::or(server.shutdown.stopped(), report_progress(&server.tracker)).await;
+    // Ends once stopped, after a last report.
+    server
+        .tracker
+        .report_drain(PROGRESS_EVERY, print_progress)
+        .await;
     let left = server.tracker.counts().total;
-    println!("stopped: {left} connections left");
+    let s = if left == 1 { "" } else { "s" };
+    println!("stopped: {left} connection{s} left");
     io::stdout().flush()?;
     Ok(())
 }

@@ -243,11 +243,11 @@ async fn drain(server: &echo::Server) -> Duration {
         server.tracker.counts()
     );
     server.shutdown.graceful(DEADLINE);
-    future::or(
-        server.shutdown.stopped(),
-        echo::report_progress(&server.tracker),
-    )
-    .await;
+    // Ends once stopped, after a last report.
+    server
+        .tracker
+        .report_drain(echo::PROGRESS_EVERY, echo::print_progress)
+        .await;
     start.elapsed()
 }
 

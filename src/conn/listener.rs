@@ -18,9 +18,11 @@ use super::{Tracked, Tracker};
 /// against the drain.
 ///
 /// Implemented for `async_io::Async<TcpListener>` and
-/// `Async<UnixListener>`. For another runtime's listener, implement it by
-/// trying a non-blocking `accept` and registering for readability when it
-/// would block, as the implementations here do.
+/// `Async<UnixListener>`. async-std and smol run on async-io, so their users
+/// can wrap the std listener in `Async` (`Async::new(std_listener)`). For
+/// another runtime's listener, implement it by trying a non-blocking
+/// `accept` and registering for readability when it would block, as the
+/// implementations here do.
 pub trait Accept {
     /// The accepted stream.
     type Stream: AsFd;
