@@ -27,16 +27,17 @@ pin_project! {
     ///
     /// When draining starts:
     ///
-    /// - an **Idle** connection's pending read returns `Ok(0)`, so the
-    ///   application's loop ends;
+    /// - an **Idle** connection's pending read returns `Ok(0)`, after the idle
+    ///   grace for a next request already on the wire, so the application's
+    ///   loop ends;
     /// - a **Busy** connection is left alone until it next goes idle;
     /// - a **New** connection gets the first-byte grace to send its request.
     ///
     /// A connection the drain ends is closed without resetting the peer: its
     /// read returns `Ok(0)` only after it has sent its FIN and lingered,
     /// discarding what the peer still sends, until the peer's own FIN (or the
-    /// linger time). At the deadline every
-    /// remaining connection is shut down both ways.
+    /// linger time). At the deadline every remaining connection is shut down
+    /// both ways.
     ///
     /// Made by [`TrackedListener::accept`](super::TrackedListener::accept) or
     /// [`Tracker::track`](super::Tracker::track).

@@ -13,8 +13,6 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustix::fs::{fstat, FileType};
-
 use super::env::{parse_listen_env, ListenFd};
 use super::InheritError;
 use crate::sys;
@@ -65,9 +63,7 @@ pub(crate) fn take() -> Result<Inherited, InheritError> {
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         sys::set_cloexec(owned.as_fd(), true).map_err(InheritError::Io)?;
         if name == READY_PIPE_NAME {
-            let is_fifo =
-                fstat(&owned).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Fifo);
-            if !is_fifo {
+            if !sys::is_fifo(&owned) {
                 return Err(bad("is not a pipe"));
             }
             inherited.ready_pipe = Some(owned);

@@ -572,8 +572,7 @@ impl Upgrader {
     }
 
     async fn start_next(&self) -> Result<u32, UpgradeError> {
-        let (pipe_read, pipe_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| UpgradeError::Io(e.into()))?;
+        let (pipe_read, pipe_write) = sys::pipe_cloexec().map_err(UpgradeError::Io)?;
         let mut child = {
             let fds = lock(&self.inner.fds);
             let mut passed: Vec<(&str, BorrowedFd<'_>)> = fds
@@ -639,7 +638,7 @@ async fn wait_ready(pipe: OwnedFd) -> Result<(), UpgradeError> {
     let mut buf = [0u8; 64];
     loop {
         let n = pipe
-            .read_with(|fd| rustix::io::read(fd, &mut buf).map_err(io::Error::from))
+            .read_with(|fd| sys::read(fd, &mut buf))
             .await
             .map_err(UpgradeError::Io)?;
         if n == 0 {

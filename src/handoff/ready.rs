@@ -13,8 +13,6 @@ use std::fmt;
 use std::io;
 use std::os::fd::AsFd;
 
-use rustix::io::Errno;
-
 /// What the child writes when it is ready.
 pub const READY_MESSAGE: &[u8] = b"ready\n";
 
@@ -170,16 +168,7 @@ impl ReadyReader {
 /// its end (it gave up waiting), or `EAGAIN` if `fd` is non-blocking and the
 /// pipe is full.
 pub fn write_ready(fd: impl AsFd) -> io::Result<()> {
-    let mut rest = READY_MESSAGE;
-    while !rest.is_empty() {
-        match rustix::io::write(fd.as_fd(), rest) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => rest = &rest[n..],
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
+    crate::sys::write_all(fd, READY_MESSAGE)
 }
 
 #[cfg(test)]

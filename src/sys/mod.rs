@@ -4,7 +4,9 @@
 //! Most functions take `BorrowedFd`/`OwnedFd` and need no `unsafe`; the few
 //! that must act on raw fd numbers keep it inside and say why it is sound.
 
+mod fd;
 pub(crate) mod process;
 mod socket;
 
+pub(crate) use fd::*;
 pub(crate) use socket::*;
