@@ -23,22 +23,32 @@
 //!
 //! # Examples
 //!
-//! The ordering contract: subscribe to the shutdown *before* checking whether
-//! it has happened. [`Shutdown::draining`] and [`TrackedListener::accept`] do
-//! both in the right order for you.
+//! Two ordering contracts:
+//!
+//! 1. **Subscribe to the shutdown before checking whether it has happened.**
+//!    [`Shutdown::draining`] and [`TrackedListener::accept`] do both in the
+//!    right order for you; never check `is_draining()` and then wait.
+//! 2. **Inherit or bind every listener before calling
+//!    [`ready()`](Upgrader::ready).** Once you are ready, your parent
+//!    generation stops accepting.
 //!
 //! ```
-//! use std::net::{TcpListener, TcpStream};
+//! use std::net::TcpStream;
 //! use std::time::Duration;
 //! use async_io::Async;
 //! use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
-//! use seamless::{Shutdown, Tracker};
+//! use seamless::handoff::Options;
+//! use seamless::{Shutdown, Tracker, Upgrader};
 //!
 //! # future::block_on(async {
 //! let shutdown = Shutdown::new();
+//! let upgrader = Upgrader::new(&shutdown, Options::default())?;
 //! let tracker = Tracker::new(&shutdown);
-//! let mut listener = tracker.listen(Async::<TcpListener>::bind(([127, 0, 0, 1], 0))?);
-//! let addr = listener.get_ref().unwrap().get_ref().local_addr()?;
+//! // Inherited from the previous generation if there is one, bound if not...
+//! let listener = upgrader.tcp_listener("echo", "127.0.0.1:0")?;
+//! let addr = listener.local_addr()?;
+//! let mut listener = tracker.listen(Async::new(listener)?);
+//! upgrader.ready()?; // ...and only then ready.
 //!
 //! let server = async {
 //!     // `None` once draining has started: the accept loop ends.
@@ -64,7 +74,7 @@
 //! };
 //! let ((), reply) = future::try_zip(server, client).await?;
 //! assert_eq!(&reply, b"hello");
-//! # std::io::Result::Ok(()) }).unwrap();
+//! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
 //! ```
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![deny(unsafe_code)]
