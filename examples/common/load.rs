@@ -2,7 +2,10 @@
 //!
 //! Built on async-io and futures-lite; its tasks run on one thread of its
 //! own, on a `smol::LocalExecutor`. It only ever connects to loopback
-//! addresses.
+//! addresses. Written here rather than taken from a crate: the HTTP load
+//! tools and clients on crates.io run on tokio (hyper, reqwest, oha,
+//! goose), and we need what none of them records anyway: which generation
+//! answered, and the keep-alive race told apart from real failures.
 //!
 //! Two kinds of clients run side by side:
 //!
