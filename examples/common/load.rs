@@ -194,6 +194,43 @@ pub struct Record {
 }
 
 impl Record {
+    /// A request sent at `start` (`since_load_start` into the run), ended now.
+    fn new(client: ClientKind, sleep: bool, since_load_start: Duration, start: Instant) -> Self {
+        Record {
+            client,
+            sleep,
+            start: since_load_start,
+            latency: start.elapsed(),
+            outcome: Ok(()),
+            status: None,
+            generation: None,
+            expected_generation: None,
+            retried: false,
+        }
+    }
+
+    /// Fills in what the exchange returned; an answer from another
+    /// generation than `expected_generation` fails.
+    fn set_outcome(&mut self, outcome: &Result<Response, Failure>) {
+        match outcome {
+            Ok(response) => {
+                self.status = Some(200);
+                self.generation = Some(response.generation);
+                if self
+                    .expected_generation
+                    .is_some_and(|g| g != response.generation)
+                {
+                    self.outcome = Err(FailKind::WrongGeneration);
+                }
+            }
+            Err(failure) => {
+                self.outcome = Err(failure.kind);
+                self.status = failure.status;
+                self.generation = failure.generation;
+            }
+        }
+    }
+
     /// Whether it succeeded.
     pub fn ok(&self) -> bool {
         self.outcome.is_ok()
@@ -499,35 +536,15 @@ async fn keepalive_client(ctx: &Ctx, id: usize) -> Vec<Record> {
         let outcome = timed(ctx.config.request_timeout, attempt).await;
         // After a retry the connection is a new one: nothing to compare to.
         let expected = if retried { None } else { expected };
-        let mut record = Record {
-            client: ClientKind::KeepAlive,
-            sleep,
-            start: start - ctx.started,
-            latency: start.elapsed(),
-            outcome: Ok(()),
-            status: None,
-            generation: None,
-            expected_generation: expected,
-            retried,
-        };
-        match outcome {
-            Ok(response) => {
-                record.status = Some(200);
-                record.generation = Some(response.generation);
-                if expected.is_some_and(|g| g != response.generation) {
-                    record.outcome = Err(FailKind::WrongGeneration);
-                }
-                match conn.as_mut() {
-                    Some(open) if !response.close => open.generation = Some(response.generation),
-                    _ => conn = None,
-                }
+        let mut record = Record::new(ClientKind::KeepAlive, sleep, start - ctx.started, start);
+        record.retried = retried;
+        record.expected_generation = expected;
+        record.set_outcome(&outcome);
+        match (&outcome, conn.as_mut()) {
+            (Ok(response), Some(open)) if !response.close => {
+                open.generation = Some(response.generation)
             }
-            Err(failure) => {
-                record.outcome = Err(failure.kind);
-                record.status = failure.status;
-                record.generation = failure.generation;
-                conn = None;
-            }
+            _ => conn = None,
         }
         let failed = !record.ok();
         ctx.record(&mut records, record);
@@ -552,28 +569,8 @@ async fn fresh_client(ctx: &Ctx, id: usize) -> Vec<Record> {
             exchange(&mut conn, &path, true).await
         };
         let outcome = timed(ctx.config.request_timeout, attempt).await;
-        let mut record = Record {
-            client: ClientKind::Fresh,
-            sleep,
-            start: start - ctx.started,
-            latency: start.elapsed(),
-            outcome: Ok(()),
-            status: None,
-            generation: None,
-            expected_generation: None,
-            retried: false,
-        };
-        match outcome {
-            Ok(response) => {
-                record.status = Some(200);
-                record.generation = Some(response.generation);
-            }
-            Err(failure) => {
-                record.outcome = Err(failure.kind);
-                record.status = failure.status;
-                record.generation = failure.generation;
-            }
-        }
+        let mut record = Record::new(ClientKind::Fresh, sleep, start - ctx.started, start);
+        record.set_outcome(&outcome);
         let failed = !record.ok();
         ctx.record(&mut records, record);
         if failed {
