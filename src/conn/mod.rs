@@ -41,9 +41,10 @@ use registry::{ConnState, Registry};
 /// How a connection's Busy/Idle state is decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
-    /// A read that returns data makes the connection Busy; a completed write
-    /// or flush followed by a read that finds nothing makes it Idle. Right for
-    /// request/response protocols such as HTTP/1.
+    /// A read that returns data makes the connection Busy; bytes written
+    /// since then, followed by a read that finds nothing, make it Idle. A
+    /// flush or a zero-length write is not a response and changes nothing.
+    /// Right for request/response protocols such as HTTP/1.
     #[default]
     Automatic,
     /// The connection is Busy exactly while the application holds a

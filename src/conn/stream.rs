@@ -47,7 +47,7 @@ pin_project! {
         reg: Registration,
         #[pin]
         stream: S,
-        // A write or flush completed since the last read that returned data.
+        // Bytes were written since the last read that returned data.
         wrote: bool,
         // When the automatic policy last made it Idle.
         idle_since: Option<Instant>,
@@ -337,7 +337,7 @@ impl<S: AsyncWrite> AsyncWrite for Tracked<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let n = ready!(this.stream.poll_write(cx, buf))?;
-        *this.wrote = true;
+        *this.wrote |= n > 0;
         Poll::Ready(Ok(n))
     }
 
@@ -348,15 +348,14 @@ impl<S: AsyncWrite> AsyncWrite for Tracked<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let n = ready!(this.stream.poll_write_vectored(cx, bufs))?;
-        *this.wrote = true;
+        *this.wrote |= n > 0;
         Poll::Ready(Ok(n))
     }
 
+    // A flush is not a response: stacks flush with nothing buffered (hyper
+    // does mid-request), and only bytes written say a response went out.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
-        ready!(this.stream.poll_flush(cx))?;
-        *this.wrote = true;
-        Poll::Ready(Ok(()))
+        self.project().stream.poll_flush(cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
