@@ -6,7 +6,6 @@
 //! and asserts the tracker's counts after it.
 
 use std::os::unix::net::UnixStream;
-use std::task::Poll;
 
 use async_io::Async;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
