@@ -89,6 +89,18 @@ mod sys;
 pub mod systemd;
 
 pub use conn::{Tracked, TrackedListener, Tracker};
+
+/// The parsers of bytes that come from another process, for the fuzz
+/// targets under `fuzz/` only (built with `--cfg fuzzing`). Not an API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz_bridge {
+    pub use crate::handoff::env::{
+        parse_listen_env, render_listen_env, EnvError, MAX_FD_NAME_LEN, MAX_LISTEN_FDS,
+        SD_LISTEN_FDS_START,
+    };
+    pub use crate::handoff::ready::{ReadyError, ReadyReader, ReadyStatus, READY_MESSAGE};
+}
 pub use handoff::Upgrader;
 pub use shutdown::{Guard, Phase, Shutdown};
 

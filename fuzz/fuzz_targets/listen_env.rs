@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use seamless::handoff::env::{
+use seamless::fuzz_bridge::{
     parse_listen_env, render_listen_env, EnvError, MAX_FD_NAME_LEN, MAX_LISTEN_FDS,
     SD_LISTEN_FDS_START,
 };

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use seamless::handoff::ready::{ReadyError, ReadyReader, ReadyStatus, READY_MESSAGE};
+use seamless::fuzz_bridge::{ReadyError, ReadyReader, ReadyStatus, READY_MESSAGE};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&k, rest)) = data.split_first() else {

@@ -170,20 +170,6 @@ impl std::error::Error for EnvError {}
 ///   one name per fd.
 /// - [`EnvError::BadName`] if a name has a control character, a non-ASCII
 ///   character, or more than [`MAX_FD_NAME_LEN`] bytes.
-///
-/// # Examples
-///
-/// ```
-/// use seamless::handoff::env::{parse_listen_env, ListenFd};
-///
-/// let fds = parse_listen_env(Some(b"42"), Some(b"2"), Some(b"http:"), 42)?;
-/// assert_eq!(fds, [
-///     ListenFd { fd: 3, name: "http".into() },
-///     ListenFd { fd: 4, name: "unknown".into() },
-/// ]);
-/// assert!(parse_listen_env(Some(b"41"), Some(b"2"), None, 42).is_err());
-/// # Ok::<(), seamless::handoff::env::EnvError>(())
-/// ```
 pub fn parse_listen_env(
     listen_pid: Option<&[u8]>,
     listen_fds: Option<&[u8]>,
@@ -249,17 +235,6 @@ pub fn parse_listen_env(
 /// - [`EnvError::BadName`] for a name that could not be read back as itself:
 ///   empty (it would read as [`UNKNOWN_NAME`]), containing `:`, a control
 ///   or non-ASCII character, or longer than [`MAX_FD_NAME_LEN`] bytes.
-///
-/// # Examples
-///
-/// ```
-/// use seamless::handoff::env::render_listen_env;
-///
-/// let (fds, names) = render_listen_env(&["http", "admin"])?;
-/// assert_eq!((fds.as_str(), names.as_str()), ("2", "http:admin"));
-/// assert!(render_listen_env(&["a:b"]).is_err());
-/// # Ok::<(), seamless::handoff::env::EnvError>(())
-/// ```
 pub fn render_listen_env(names: &[&str]) -> Result<(String, String), EnvError> {
     if names.len() > MAX_LISTEN_FDS {
         return Err(EnvError::TooMany {

@@ -80,9 +80,9 @@ use rustix::net::{AddressFamily, SocketType};
 use crate::shutdown::{lock, PhaseHook, Shutdown};
 use crate::sys;
 
-pub mod env;
+pub(crate) mod env;
 mod inherit;
-pub mod ready;
+pub(crate) mod ready;
 mod spawn;
 
 pub use env::EnvError;

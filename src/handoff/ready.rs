@@ -20,21 +20,6 @@ pub const READY_MESSAGE: &[u8] = b"ready\n";
 const MAX_RECEIVED: usize = 32;
 
 /// Checks the bytes read from the readiness pipe, chunk by chunk.
-///
-/// # Examples
-///
-/// ```
-/// use seamless::handoff::ready::{ReadyReader, ReadyStatus};
-///
-/// let mut reader = ReadyReader::new();
-/// assert_eq!(reader.feed(b"rea")?, ReadyStatus::Incomplete);
-/// assert_eq!(reader.feed(b"dy\n")?, ReadyStatus::Ready);
-/// reader.finish()?; // then EOF: fine
-///
-/// let mut reader = ReadyReader::new();
-/// assert!(reader.feed(b"hello").is_err());
-/// # Ok::<(), seamless::handoff::ready::ReadyError>(())
-/// ```
 #[derive(Debug, Default)]
 pub struct ReadyReader {
     /// How many bytes of [`READY_MESSAGE`] have arrived so far. Everything
