@@ -53,7 +53,7 @@ pub struct Server {
 pub fn start(addr: SocketAddr, config: Config) -> io::Result<Server> {
     let listener = Async::<TcpListener>::bind(addr)?;
     let addr = listener.get_ref().local_addr()?;
-    let shutdown = Shutdown::new();
+    let shutdown = Shutdown::builder().drain_timeout(DEADLINE).build();
     let tracker = Tracker::with_config(&shutdown, config);
     let accept = smol::spawn(accept_loop(tracker.listen(listener)));
     Ok(Server {
@@ -160,7 +160,7 @@ async fn run(addr: SocketAddr) -> io::Result<()> {
         (Signal::Int, Action::Graceful),
         (Signal::Term, Action::Graceful),
     ];
-    let mut signals = SignalHandler::with_map(&server.shutdown, graceful)?.drain_timeout(DEADLINE);
+    let mut signals = SignalHandler::with_map(&server.shutdown, graceful)?;
     println!("listening on {}", server.addr);
     io::stdout().flush()?;
     smol::spawn(async move {

@@ -102,7 +102,7 @@ pub mod fuzz_bridge {
     pub use crate::handoff::ready::{ReadyError, ReadyReader, ReadyStatus, READY_MESSAGE};
 }
 pub use handoff::Upgrader;
-pub use shutdown::{Guard, Phase, Shutdown};
+pub use shutdown::{Guard, Phase, Reason, Shutdown};
 
 // Compiles the README's examples as doctests.
 #[cfg(doctest)]

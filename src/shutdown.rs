@@ -7,10 +7,15 @@
 //!    └──────────────────────────immediate()────────────────────────────────────────▲
 //! ```
 //!
+//! The drain timeout is set once, on the coordinator
+//! ([`Builder::drain_timeout`]); signal handling and hot restart read it from
+//! there. [`Shutdown::graceful`] takes an explicit one for direct calls.
+//!
 //! This module knows nothing of sockets. It wakes tasks through
 //! `event-listener` and measures the deadline with [`async_io::Timer`]; it never
-//! spawns a task. The deadline is enforced by whoever awaits
-//! [`Shutdown::stopped`], usually `main`.
+//! spawns a task. **Time is enforced only while someone awaits
+//! [`Shutdown::stopped`]** (usually `main`): the deadline, and the end of a
+//! [pre-drain delay](Builder::pre_drain_delay).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -47,14 +52,78 @@ pub(crate) trait PhaseHook: Send + Sync {
     fn on_stopped(&self);
 }
 
+/// Why the coordinator left [`Phase::Running`]: set by the first trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Asked to stop (a signal, a call): this is the service's end, so what
+    /// outlives the process (a Unix socket's file) is cleaned up.
+    Stop,
+    /// The next generation took over and serves on the same sockets.
+    Upgrade,
+}
+
+/// How a [`Shutdown`] is set up. Made by [`Shutdown::builder`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    drain_timeout: Duration,
+    pre_drain_delay: Duration,
+}
+
+impl Builder {
+    /// The deadline of a drain started by a signal or by a hot restart
+    /// (default 30 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// How long to keep serving, and accepting, after a graceful trigger
+    /// before draining starts (default zero: drain at once).
+    ///
+    /// For load balancers and Kubernetes endpoints that go on sending new
+    /// connections for a while after the service was told to stop. The drain
+    /// deadline counts from the end of the delay. A hot restart never waits
+    /// for it: the next generation accepts at once.
+    pub fn pre_drain_delay(mut self, delay: Duration) -> Self {
+        self.pre_drain_delay = delay;
+        self
+    }
+
+    /// The coordinator, in [`Phase::Running`].
+    pub fn build(self) -> Shutdown {
+        Shutdown {
+            inner: Arc::new(Inner {
+                phase: AtomicU8::new(RUNNING),
+                guards: AtomicUsize::new(0),
+                state: Mutex::new(State::default()),
+                changed: Event::new(),
+                hooks: Mutex::new(Vec::new()),
+                drain_timeout: self.drain_timeout,
+                pre_drain_delay: self.pre_drain_delay,
+            }),
+        }
+    }
+}
+
 struct Inner {
     phase: AtomicU8,
     guards: AtomicUsize,
-    /// Only touched by triggers and by deadline timers, never per request.
-    deadline: Mutex<Option<Instant>>,
+    /// Only touched by triggers and by timers, never per request.
+    state: Mutex<State>,
     /// Notified on every phase change and every deadline change.
     changed: Event,
     hooks: Mutex<Vec<Weak<dyn PhaseHook>>>,
+    drain_timeout: Duration,
+    pre_drain_delay: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    deadline: Option<Instant>,
+    /// A graceful trigger waiting out the pre-drain delay: drain from
+    /// `.0` with deadline `.1`.
+    delayed: Option<(Instant, Instant)>,
+    reason: Option<Reason>,
 }
 
 /// A cheap, clonable handle to one shutdown coordinator.
@@ -93,6 +162,15 @@ impl Default for Shutdown {
     }
 }
 
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            drain_timeout: Duration::from_secs(30),
+            pre_drain_delay: Duration::ZERO,
+        }
+    }
+}
+
 impl fmt::Debug for Shutdown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shutdown")
@@ -103,17 +181,36 @@ impl fmt::Debug for Shutdown {
 }
 
 impl Shutdown {
-    /// Creates a coordinator in the [`Phase::Running`] phase.
+    /// A coordinator in [`Phase::Running`], with the default settings (see
+    /// [`Builder`]).
     pub fn new() -> Self {
-        Shutdown {
-            inner: Arc::new(Inner {
-                phase: AtomicU8::new(RUNNING),
-                guards: AtomicUsize::new(0),
-                deadline: Mutex::new(None),
-                changed: Event::new(),
-                hooks: Mutex::new(Vec::new()),
-            }),
-        }
+        Self::builder().build()
+    }
+
+    /// Settings for a coordinator: the drain timeout, a pre-drain delay.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use seamless::Shutdown;
+    ///
+    /// let shutdown = Shutdown::builder()
+    ///     .drain_timeout(Duration::from_secs(10))
+    ///     .build();
+    /// assert_eq!(shutdown.drain_timeout(), Duration::from_secs(10));
+    /// ```
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The deadline a drain started by a signal or a hot restart gets.
+    pub fn drain_timeout(&self) -> Duration {
+        self.inner.drain_timeout
+    }
+
+    /// Why the coordinator left [`Phase::Running`], once it has (or once a
+    /// graceful trigger is waiting out the pre-drain delay).
+    pub fn reason(&self) -> Option<Reason> {
+        lock(&self.inner.state).reason
     }
 
     /// The current phase.
@@ -144,23 +241,66 @@ impl Shutdown {
 
     /// The drain deadline, once draining has started.
     pub fn deadline(&self) -> Option<Instant> {
-        *lock(&self.inner.deadline)
+        lock(&self.inner.state).deadline
     }
 
-    /// Starts a graceful shutdown that must end within `timeout`.
+    /// Starts a graceful shutdown that must end within `timeout` (signals use
+    /// the coordinator's [`drain_timeout`](Shutdown::drain_timeout)).
     ///
     /// If draining has already started, this may only bring the deadline
-    /// closer; it never pushes it back. Returns the deadline now in force, or
-    /// `None` if the coordinator has already stopped.
+    /// closer; it never pushes it back. With a
+    /// [pre-drain delay](Builder::pre_drain_delay), draining starts once the
+    /// delay is over, and the deadline counts from then. Returns the deadline
+    /// now in force, or `None` if the coordinator has already stopped.
     pub fn graceful(&self, timeout: Duration) -> Option<Instant> {
-        let wanted = Instant::now() + timeout;
-        let deadline = {
-            let mut deadline = lock(&self.inner.deadline);
+        let now = Instant::now();
+        let delay = self.inner.pre_drain_delay;
+        {
+            let mut state = lock(&self.inner.state);
             if self.is_stopped() {
                 return None;
             }
-            let shortened = deadline.map_or(wanted, |current| current.min(wanted));
-            *deadline = Some(shortened);
+            state.reason.get_or_insert(Reason::Stop);
+            if !delay.is_zero() && !self.is_draining() {
+                // Keep serving until the delay is over; `stopped()` and
+                // `draining()` start the drain then.
+                let (_, deadline) = state
+                    .delayed
+                    .get_or_insert((now + delay, now + delay + timeout));
+                *deadline = (*deadline).min(now + delay + timeout);
+                let deadline = *deadline;
+                drop(state);
+                tracing::info!(
+                    ?delay,
+                    "graceful shutdown: draining after the pre-drain delay"
+                );
+                self.inner.changed.notify(usize::MAX);
+                return Some(deadline);
+            }
+        }
+        Some(self.drain_until(now + timeout))
+    }
+
+    /// Starts draining for a successor that is ready and serving: no
+    /// pre-drain delay, the coordinator's drain timeout.
+    pub(crate) fn hand_over(&self) -> Option<Instant> {
+        {
+            let mut state = lock(&self.inner.state);
+            if self.is_stopped() {
+                return None;
+            }
+            state.reason.get_or_insert(Reason::Upgrade);
+        }
+        Some(self.drain_until(Instant::now() + self.inner.drain_timeout))
+    }
+
+    /// Running or Draining → Draining with a deadline no later than `wanted`.
+    fn drain_until(&self, wanted: Instant) -> Instant {
+        let deadline = {
+            let mut state = lock(&self.inner.state);
+            state.delayed = None;
+            let shortened = state.deadline.map_or(wanted, |current| current.min(wanted));
+            state.deadline = Some(shortened);
             shortened
         };
         let started = self
@@ -169,19 +309,41 @@ impl Shutdown {
             .compare_exchange(RUNNING, DRAINING, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
         if started {
+            let reason = self.reason();
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            tracing::info!(?reason, ?timeout, guards = self.guards(), "draining");
             self.run_hooks(|hook| hook.on_draining());
         }
         self.inner.changed.notify(usize::MAX);
         if self.guards() == 0 {
             self.stop();
         }
-        Some(deadline)
+        deadline
+    }
+
+    /// A pre-drain delay that is over starts the drain; otherwise returns
+    /// when it will be.
+    fn delayed_drain(&self) -> Option<Instant> {
+        let (start, deadline) = lock(&self.inner.state).delayed?;
+        if Instant::now() < start {
+            return Some(start);
+        }
+        self.drain_until(deadline);
+        None
     }
 
     /// Stops at once: everything still held is told to stop now.
     pub fn immediate(&self) {
-        *lock(&self.inner.deadline) = Some(Instant::now());
+        {
+            let mut state = lock(&self.inner.state);
+            state.deadline = Some(Instant::now());
+            state.delayed = None;
+            state.reason.get_or_insert(Reason::Stop);
+        }
         let previous = self.inner.phase.swap(STOPPED, Ordering::SeqCst);
+        if previous != STOPPED {
+            tracing::info!(guards = self.guards(), "stopping now");
+        }
         if previous == RUNNING {
             self.run_hooks(|hook| hook.on_draining());
         }
@@ -192,30 +354,48 @@ impl Shutdown {
     }
 
     /// Waits until draining starts (returns at once if it already has).
+    ///
+    /// While awaited, it also ends a [pre-drain delay](Builder::pre_drain_delay)
+    /// on time.
     pub async fn draining(&self) {
-        self.wait_until(|s| s.is_draining()).await
+        loop {
+            let listener = self.inner.changed.listen();
+            if self.is_draining() {
+                return;
+            }
+            match self.delayed_drain() {
+                Some(start) => future_or_timer(listener, start).await,
+                None if self.is_draining() => return,
+                None => listener.await,
+            }
+        }
     }
 
     /// Waits until the coordinator is [`Phase::Stopped`].
     ///
-    /// This is also what enforces the deadline: while it is awaited, it moves
-    /// the coordinator to `Stopped` once every guard is gone or the deadline
-    /// passes, whichever comes first.
+    /// This is also what enforces time: while it is awaited, it moves the
+    /// coordinator to `Stopped` once every guard is gone or the deadline
+    /// passes, whichever comes first, and ends a
+    /// [pre-drain delay](Builder::pre_drain_delay) on time. Always await it.
     pub async fn stopped(&self) {
         loop {
             let listener = self.inner.changed.listen();
             match self.phase() {
                 Phase::Stopped => return,
-                Phase::Running => listener.await,
+                Phase::Running => match self.delayed_drain() {
+                    Some(start) => future_or_timer(listener, start).await,
+                    None if self.is_draining() => {}
+                    None => listener.await,
+                },
                 Phase::Draining { deadline } => {
                     if self.guards() == 0 || Instant::now() >= deadline {
+                        if self.guards() > 0 {
+                            tracing::warn!(guards = self.guards(), "drain deadline passed");
+                        }
                         self.stop();
                         return;
                     }
-                    futures_lite::future::or(listener, async {
-                        Timer::at(deadline).await;
-                    })
-                    .await;
+                    future_or_timer(listener, deadline).await;
                 }
             }
         }
@@ -251,19 +431,6 @@ impl Shutdown {
         self.inner.changed.listen()
     }
 
-    async fn wait_until(&self, done: impl Fn(&Self) -> bool) {
-        loop {
-            if done(self) {
-                return;
-            }
-            let listener = self.inner.changed.listen();
-            if done(self) {
-                return;
-            }
-            listener.await;
-        }
-    }
-
     /// Draining → Stopped, exactly once.
     fn stop(&self) {
         let stopped = self
@@ -272,6 +439,7 @@ impl Shutdown {
             .compare_exchange(DRAINING, STOPPED, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
         if stopped {
+            tracing::info!("stopped");
             self.run_hooks(|hook| hook.on_stopped());
             self.inner.changed.notify(usize::MAX);
         }
@@ -318,6 +486,14 @@ impl Drop for Guard {
             self.shutdown.stop();
         }
     }
+}
+
+/// Waits for `listener` or until `at`, whichever comes first.
+async fn future_or_timer(listener: EventListener, at: Instant) {
+    futures_lite::future::or(listener, async {
+        Timer::at(at).await;
+    })
+    .await
 }
 
 /// Locks a mutex, ignoring poisoning: the data behind ours stays consistent

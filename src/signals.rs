@@ -21,8 +21,8 @@
 //! use seamless::Shutdown;
 //!
 //! # futures_lite::future::block_on(async {
-//! let shutdown = Shutdown::new();
-//! let mut signals = SignalHandler::new(&shutdown)?.drain_timeout(Duration::from_secs(10));
+//! let shutdown = Shutdown::builder().drain_timeout(Duration::from_secs(10)).build();
+//! let mut signals = SignalHandler::new(&shutdown)?;
 //! loop {
 //!     let event = futures_lite::future::or(
 //!         async { Some(signals.next().await) },
@@ -41,7 +41,6 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::time::Duration;
 
 pub use async_signal::Signal;
 use futures_lite::StreamExt;
@@ -53,7 +52,9 @@ use crate::sys;
 /// What a signal asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Drain within the drain timeout; a second such signal stops at once.
+    /// Drain within the coordinator's
+    /// [`drain_timeout`](Shutdown::drain_timeout); a second such signal
+    /// stops at once.
     Graceful,
     /// Stop at once.
     Immediate,
@@ -74,13 +75,13 @@ pub const DEFAULT_MAP: [(Signal, Action); 5] = [
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Event {
-    /// A graceful shutdown started (or its deadline was brought closer).
-    Draining {
+    /// A graceful shutdown started.
+    Graceful {
         /// The signal that asked for it.
         signal: Signal,
     },
-    /// Stopping at once.
-    Stopping {
+    /// An immediate stop.
+    Immediate {
         /// The signal that asked for it.
         signal: Signal,
     },
@@ -106,8 +107,8 @@ pub enum Event {
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Event::Draining { signal } => write!(f, "{signal:?}: draining"),
-            Event::Stopping { signal } => write!(f, "{signal:?}: stopping now"),
+            Event::Graceful { signal } => write!(f, "{signal:?}: draining"),
+            Event::Immediate { signal } => write!(f, "{signal:?}: stopping now"),
             Event::UpgradeStarted { signal } => {
                 write!(f, "{signal:?}: starting the next generation")
             }
@@ -126,7 +127,6 @@ pub struct SignalHandler {
     map: Vec<(Signal, Action)>,
     shutdown: Shutdown,
     upgrader: Option<Upgrader>,
-    drain_timeout: Duration,
     graceful_seen: bool,
     upgrading: Option<UpgradeFuture>,
 }
@@ -168,7 +168,6 @@ impl SignalHandler {
             map,
             shutdown: shutdown.clone(),
             upgrader: None,
-            drain_timeout: Duration::from_secs(30),
             graceful_seen: false,
             upgrading: None,
         })
@@ -177,12 +176,6 @@ impl SignalHandler {
     /// Upgrade with this upgrader on [`Action::Upgrade`].
     pub fn upgrader(mut self, upgrader: Upgrader) -> Self {
         self.upgrader = Some(upgrader);
-        self
-    }
-
-    /// The deadline for a graceful shutdown (default 30 s).
-    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.drain_timeout = timeout;
         self
     }
 
@@ -225,12 +218,12 @@ impl SignalHandler {
                 self.graceful_seen = true;
                 #[cfg(feature = "systemd")]
                 let _ = crate::systemd::stopping();
-                self.shutdown.graceful(self.drain_timeout);
-                Event::Draining { signal }
+                self.shutdown.graceful(self.shutdown.drain_timeout());
+                Event::Graceful { signal }
             }
             Action::Graceful | Action::Immediate => {
                 self.shutdown.immediate();
-                Event::Stopping { signal }
+                Event::Immediate { signal }
             }
             Action::Upgrade => {
                 let Some(upgrader) = self.upgrader.clone() else {

@@ -632,10 +632,8 @@ fn serve(args: &[String], fds_at_start: &[i32]) -> ExitCode {
     };
     let hold = ms("--hold-ms", 0);
 
-    let shutdown = Shutdown::new();
-    let mut options = Options::default()
-        .ready_timeout(ms("--ready-timeout-ms", 20_000))
-        .drain_timeout(TIMEOUT);
+    let shutdown = Shutdown::builder().drain_timeout(TIMEOUT).build();
+    let mut options = Options::default().ready_timeout(ms("--ready-timeout-ms", 20_000));
     if let Some(mode) = opt("--next") {
         options = options.args([args[0].clone(), "--bad".into(), mode]);
     }
@@ -662,8 +660,7 @@ fn serve(args: &[String], fds_at_start: &[i32]) -> ExitCode {
     let mut listener = tracker.listen(Async::new(listener).unwrap());
     let mut signals = SignalHandler::new(&shutdown)
         .unwrap()
-        .upgrader(upgrader.clone())
-        .drain_timeout(TIMEOUT);
+        .upgrader(upgrader.clone());
     upgrader.ready().unwrap();
     println!("ready {pid} {addr}");
 

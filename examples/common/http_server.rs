@@ -138,11 +138,11 @@ pub fn main_with_args(args: impl Iterator<Item = String>) -> io::Result<()> {
 /// once the last connection is gone or the drain deadline has passed.
 pub fn run(args: Args) -> io::Result<()> {
     let started = Instant::now();
-    let shutdown = Shutdown::new();
+    let shutdown = Shutdown::builder()
+        .drain_timeout(args.drain_timeout)
+        .build();
     // First, before anything else opens an fd: take what the parent passed.
-    let mut options = Options::default()
-        .ready_timeout(args.ready_timeout)
-        .drain_timeout(args.drain_timeout);
+    let mut options = Options::default().ready_timeout(args.ready_timeout);
     if let Some(path) = &args.pid_file {
         options = options.pid_file(path);
     }
@@ -156,9 +156,7 @@ pub fn run(args: Args) -> io::Result<()> {
     let listener = upgrader.tcp_listener("http", args.listen.as_str())?;
     let addr = listener.local_addr()?;
     let listener = tracker.listen(Async::new(listener)?);
-    let mut signals = SignalHandler::new(&shutdown)?
-        .upgrader(upgrader.clone())
-        .drain_timeout(args.drain_timeout);
+    let mut signals = SignalHandler::new(&shutdown)?.upgrader(upgrader.clone());
 
     let how = if upgrader.has_parent() {
         "inherited"

@@ -106,7 +106,6 @@ pub struct Options {
     program: Option<PathBuf>,
     args: Option<Vec<OsString>>,
     ready_timeout: Duration,
-    drain_timeout: Duration,
     pid_file: Option<PathBuf>,
 }
 
@@ -116,7 +115,6 @@ impl Default for Options {
             program: None,
             args: None,
             ready_timeout: Duration::from_secs(60),
-            drain_timeout: Duration::from_secs(30),
             pid_file: None,
         }
     }
@@ -144,13 +142,6 @@ impl Options {
     /// How long the next generation has to become ready (default 60 s).
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
-        self
-    }
-
-    /// The drain deadline this process gets once its successor is ready
-    /// (default 30 s).
-    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.drain_timeout = timeout;
         self
     }
 
@@ -504,8 +495,8 @@ impl Upgrader {
 
     /// Starts the next generation and waits until it is ready.
     ///
-    /// On success this process starts draining (with the
-    /// [`drain_timeout`](Options::drain_timeout)) and the future resolves to
+    /// On success this process starts draining (within the coordinator's
+    /// [`drain_timeout`](Shutdown::drain_timeout)) and the future resolves to
     /// the child's pid. On failure the child is killed and reaped, this
     /// process goes on serving untouched, and the error says what happened.
     /// Under systemd it sends `RELOADING=1` first, then `MAINPID=` and
@@ -531,7 +522,7 @@ impl Upgrader {
         match &outcome {
             Ok(pid) => {
                 let _ = sd::main_pid_ready(*pid);
-                inner.shutdown.graceful(inner.options.drain_timeout);
+                inner.shutdown.hand_over();
             }
             Err(_) => {
                 let _ = sd::ready();
