@@ -81,6 +81,7 @@
 
 pub mod conn;
 pub mod handoff;
+mod sd;
 pub mod shutdown;
 #[cfg(feature = "signals")]
 pub mod signals;

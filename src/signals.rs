@@ -216,8 +216,6 @@ impl SignalHandler {
         Some(match action {
             Action::Graceful if !self.graceful_seen => {
                 self.graceful_seen = true;
-                #[cfg(feature = "systemd")]
-                let _ = crate::systemd::stopping();
                 self.shutdown.graceful(self.shutdown.drain_timeout());
                 Event::Graceful { signal }
             }

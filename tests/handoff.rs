@@ -35,6 +35,8 @@ fn main() -> ExitCode {
         Some("--serve") => serve(&args, &fds_at_start),
         Some("--bad") => bad_child(args.get(2).map_or("", String::as_str)),
         Some("--activated") => activated(&fds_at_start),
+        Some("--ready-fails") => ready_fails(),
+        Some("--bad-names") => bad_names(),
         _ => run_tests(&args[1..]),
     }
 }
@@ -73,6 +75,22 @@ fn run_tests(args: &[String]) -> ExitCode {
         (
             "sd_notify_sequence_across_a_restart",
             sd_notify_sequence_across_a_restart,
+        ),
+        (
+            "socket_activation_for_another_process_is_ignored",
+            socket_activation_for_another_process_is_ignored,
+        ),
+        (
+            "a_parent_killed_while_its_child_starts_leaves_the_child_serving",
+            a_parent_killed_while_its_child_starts_leaves_the_child_serving,
+        ),
+        (
+            "ready_after_a_failed_ready_fails_again",
+            ready_after_a_failed_ready_fails_again,
+        ),
+        (
+            "bad_names_are_refused_where_given",
+            bad_names_are_refused_where_given,
         ),
     ];
     // Orphaned generations are re-parented to us, so we can reap them and
@@ -235,8 +253,88 @@ fn socket_activation_by_name() {
     );
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains(&format!("activated {addr}")), "{out}");
+    assert!(out.contains("inherited"), "{out}");
     // What systemd passes is re-marked close-on-exec, and nothing else is open.
     assert!(out.contains("fds 0,1,2,3"), "{out}");
+}
+
+/// `LISTEN_*` meant for another process (or for none) are ignored, as
+/// `sd_listen_fds()` does: the service starts with a fresh socket.
+fn socket_activation_for_another_process_is_ignored() {
+    type Case = (&'static [(&'static str, &'static str)], ListenPid);
+    let cases: &[Case] = &[
+        (&[("LISTEN_FDS", "1")], ListenPid::Value("1")),
+        (
+            &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "web")],
+            ListenPid::Unset,
+        ),
+        (&[("LISTEN_FDS", "junk")], ListenPid::Value("1")),
+    ];
+    for (vars, pid) in cases {
+        let (out, code) = activate(None, *pid, vars);
+        assert_eq!(code, Some(0), "{vars:?} {pid:?}: {out}");
+        assert!(out.contains("activated") && out.contains("fresh"), "{out}");
+        assert!(!out.contains("error"), "{out}");
+    }
+}
+
+/// D4: the parent is killed while its child is still starting. The child
+/// must carry on as the only generation, and the pid file must name it.
+fn a_parent_killed_while_its_child_starts_leaves_the_child_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("server.pid");
+    let mut server = Server::start(
+        &[
+            "--hold-start",
+            dir.path().to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    server.sighup();
+    let starting = server.expect("start-held ");
+    let second: u32 = starting.split_whitespace().nth(1).unwrap().parse().unwrap();
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    std::fs::write(dir.path().join(format!("go-{second}")), "").unwrap();
+    server.expect(&format!("ready {second} "));
+    assert_eq!(ask_pid(server.addr), second, "the child serves");
+    let written = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(written.trim(), second.to_string(), "the pid file names it");
+    kill(second, Signal::TERM);
+    server.expect(&format!("stopped {second}"));
+    wait_gone(second);
+}
+
+/// D7: `ready()` after a failed `ready()` must not claim success.
+fn ready_after_a_failed_ready_fails_again() {
+    let out = Command::new(exe()).arg("--ready-fails").output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains("first: error"), "{out}");
+    assert!(
+        out.contains("pid file"),
+        "the error names the pid file: {out}"
+    );
+    assert!(out.contains("second: error"), "{out}");
+    assert!(out.contains("is_ready false"), "{out}");
+}
+
+/// D8: names that cannot be passed on are refused when given, naming the
+/// name; the next upgrade still works.
+fn bad_names_are_refused_where_given() {
+    let out = Command::new(exe()).arg("--bad-names").output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    for name in ["\"\"", "\"admin:v2\"", "\"seamless-ready\""] {
+        let line = out
+            .lines()
+            .find(|line| line.starts_with(&format!("name {name} ")))
+            .unwrap_or_else(|| panic!("no line for {name}: {out}"));
+        assert!(line.contains("refused"), "{line}");
+        assert!(line.contains(name), "the error names the name: {line}");
+    }
+    assert!(out.contains("upgraded to "), "{out}");
+    assert!(out.contains("child names main"), "{out}");
 }
 
 fn socket_activation_bad_values() {
@@ -252,7 +350,11 @@ fn socket_activation_bad_values() {
             ListenPid::Own,
             "LISTEN_FDS",
         ),
-        (&[("LISTEN_FDS", "1")], ListenPid::Value("1"), "LISTEN_PID"),
+        (
+            &[("LISTEN_FDS", "1")],
+            ListenPid::Value("pid"),
+            "LISTEN_PID",
+        ),
         (
             &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "web")],
             ListenPid::Own,
@@ -484,6 +586,7 @@ enum ListenPid {
     /// `LISTEN_PID` is the child's own pid, as systemd sets it.
     Own,
     Value(&'static str),
+    Unset,
 }
 
 /// Plays systemd: starts `--activated` with `fd` (if any) at 3 and the given
@@ -507,6 +610,11 @@ fn activate(
         ListenPid::Value(value) => {
             let mut c = Command::new(exe());
             c.arg("--activated").env("LISTEN_PID", value);
+            c
+        }
+        ListenPid::Unset => {
+            let mut c = Command::new(exe());
+            c.arg("--activated").env_remove("LISTEN_PID");
             c
         }
     };
@@ -634,6 +742,9 @@ fn serve(args: &[String], fds_at_start: &[i32]) -> ExitCode {
 
     let shutdown = Shutdown::builder().drain_timeout(TIMEOUT).build();
     let mut options = Options::default().ready_timeout(ms("--ready-timeout-ms", 20_000));
+    if let Some(path) = opt("--pid-file") {
+        options = options.pid_file(path);
+    }
     if let Some(mode) = opt("--next") {
         options = options.args([args[0].clone(), "--bad".into(), mode]);
     }
@@ -719,6 +830,14 @@ fn bad_child(mode: &str) -> ExitCode {
             std::thread::sleep(TIMEOUT);
             ExitCode::SUCCESS
         }
+        // Takes what it was passed, says which names, and is ready.
+        "ready" => {
+            let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+            let upgrader = Upgrader::new(&Shutdown::new(), Options::default()).unwrap();
+            upgrader.ready().unwrap();
+            println!("child names {names}");
+            ExitCode::SUCCESS
+        }
         // "hang": killed by the parent at its ready timeout.
         _ => {
             std::thread::sleep(TIMEOUT);
@@ -745,11 +864,17 @@ fn activated(fds_at_start: &[i32]) -> ExitCode {
         }
     };
     let listed: Vec<String> = fds_at_start.iter().map(i32::to_string).collect();
+    // Inherited only if the variables were meant for this process.
+    let inherited = std::env::var("LISTEN_PID") == Ok(std::process::id().to_string());
     println!(
-        "activated {} fds {}",
+        "activated {} {} fds {}",
         listener.local_addr().unwrap(),
+        if inherited { "inherited" } else { "fresh" },
         listed.join(",")
     );
+    if !inherited {
+        return ExitCode::SUCCESS;
+    }
     let cloexec = rustix::io::fcntl_getfd(&listener).unwrap();
     assert!(
         cloexec.contains(rustix::io::FdFlags::CLOEXEC),
@@ -757,6 +882,55 @@ fn activated(fds_at_start: &[i32]) -> ExitCode {
     );
     if let Ok((mut stream, _)) = listener.accept() {
         let _ = stream.write_all(b"hi\n");
+    }
+    ExitCode::SUCCESS
+}
+
+/// `--ready-fails`: `ready()` fails (its pid file cannot be written), then is
+/// called again.
+fn ready_fails() -> ExitCode {
+    let options = Options::default().pid_file("/nonexistent-seamless-dir/x.pid");
+    let upgrader = Upgrader::new(&Shutdown::new(), options).unwrap();
+    let said = |result: std::io::Result<()>| match result {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => format!("error {e}"),
+    };
+    println!("first: {}", said(upgrader.ready()));
+    println!("second: {}", said(upgrader.ready()));
+    println!("is_ready {}", upgrader.is_ready());
+    ExitCode::SUCCESS
+}
+
+/// `--bad-names`: gives names that cannot be passed on, then upgrades to a
+/// child that says which names it got.
+fn bad_names() -> ExitCode {
+    let shutdown = Shutdown::new();
+    let options = Options::default()
+        .args([exe().into_os_string(), "--bad".into(), "ready".into()])
+        .ready_timeout(TIMEOUT);
+    let upgrader = Upgrader::new(&shutdown, options).unwrap();
+    let extra = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let attempts: [(&str, std::io::Result<()>); 3] = [
+        ("", upgrader.tcp_listener("", "127.0.0.1:0").map(drop)),
+        ("admin:v2", upgrader.pass_on("admin:v2", &extra)),
+        (
+            "seamless-ready",
+            upgrader
+                .tcp_listener("seamless-ready", "127.0.0.1:0")
+                .map(drop),
+        ),
+    ];
+    for (name, result) in attempts {
+        match result {
+            Ok(()) => println!("name {name:?} accepted"),
+            Err(e) => println!("name {name:?} refused: {e} ({:?})", e.kind()),
+        }
+    }
+    let _listener = upgrader.tcp_listener("main", "127.0.0.1:0").unwrap();
+    upgrader.ready().unwrap();
+    match future::block_on(upgrader.upgrade()) {
+        Ok(pid) => println!("upgraded to {pid}"),
+        Err(e) => println!("upgrade failed: {e}"),
     }
     ExitCode::SUCCESS
 }

@@ -5,15 +5,18 @@
 //! open fds at 3, 4, ... and describes them in three variables:
 //!
 //! - `LISTEN_PID`: the pid the variables are meant for. A process that
-//!   inherited them by accident (a grandchild) must not take the fds.
+//!   inherited them by accident (a grandchild) must not take the fds: as
+//!   systemd's `sd_listen_fds()` does, variables naming another process, or
+//!   no process, are ignored ([`Activation::NotOurs`]).
 //! - `LISTEN_FDS`: how many fds there are.
 //! - `LISTEN_FDNAMES`: optional, one name per fd, separated by `:`.
 //!
-//! Everything here is pure: it takes the raw bytes of the variables and
-//! returns what they say, or an [`EnvError`] naming what was wrong. It never
-//! reads the environment and never touches an fd, so it can be tested and
-//! fuzzed on its own. The values arrive from another process, so malformed
-//! input is expected and never panics.
+//! Parsing and rendering are pure: they take the raw bytes of the variables
+//! and return what they say, or an [`EnvError`] naming what was wrong. They
+//! never read the environment and never touch an fd, so they can be tested
+//! and fuzzed on their own. The values arrive from another process, so
+//! malformed input is expected and never panics. [`remove_activation_env`]
+//! keeps the variables out of the commands an application starts itself.
 //!
 //! The syntax is stricter than systemd's own `sd_listen_fds()`, which uses
 //! `strtol` and so also takes leading spaces and a `+` sign: numbers here are
@@ -38,6 +41,24 @@ pub const MAX_FD_NAME_LEN: usize = 255;
 
 /// The name of an fd that was passed without one, as in systemd.
 pub const UNKNOWN_NAME: &str = "unknown";
+
+/// The variables the socket-activation protocol sets. The spawner sets its
+/// own for the next generation and never passes ours on.
+pub(crate) const ACTIVATION_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
+
+/// What the variables say about this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Activation {
+    /// The fds passed to this process; empty when `LISTEN_FDS` is unset.
+    Fds(Vec<ListenFd>),
+    /// `LISTEN_FDS` is set, but `LISTEN_PID` is unset or names another
+    /// process: the variables were inherited by accident and the fds are not
+    /// ours. Ignored, as systemd's `sd_listen_fds()` does.
+    NotOurs {
+        /// The pid in `LISTEN_PID`, if it is set.
+        listen_pid: Option<u32>,
+    },
+}
 
 /// One inherited fd as the variables describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,26 +89,16 @@ pub enum EnvError {
         value: String,
     },
     /// `LISTEN_FDS` (or the number of names to render) is more than
-    /// [`MAX_LISTEN_FDS`].
+    /// 1024 (no real service listens on more).
     TooMany {
         /// The count as given.
         value: String,
     },
-    /// `LISTEN_FDS` is set but `LISTEN_PID` is not.
-    MissingPid,
     /// `LISTEN_PID` is a number but cannot be a process id (zero, or larger
     /// than any `pid_t`).
     PidOutOfRange {
         /// Its value.
         value: String,
-    },
-    /// `LISTEN_PID` names another process: the variables were inherited by
-    /// accident and the fds are not for us.
-    PidMismatch {
-        /// This process's pid.
-        expected: u32,
-        /// The pid in `LISTEN_PID`.
-        found: u32,
     },
     /// `LISTEN_FDNAMES` does not have one name per fd.
     NamesMismatch {
@@ -120,15 +131,9 @@ impl fmt::Display for EnvError {
                 f,
                 "LISTEN_FDS={value:?} is more than the {MAX_LISTEN_FDS} fds accepted"
             ),
-            EnvError::MissingPid => f.write_str("LISTEN_FDS is set but LISTEN_PID is not"),
             EnvError::PidOutOfRange { value } => {
                 write!(f, "LISTEN_PID={value:?} is not a valid process id")
             }
-            EnvError::PidMismatch { expected, found } => write!(
-                f,
-                "LISTEN_PID={found} is not this process (pid {expected}): \
-                 the fds were meant for another process"
-            ),
             EnvError::NamesMismatch { fds, names } => {
                 write!(f, "LISTEN_FDNAMES has {names} name(s) but LISTEN_FDS={fds}")
             }
@@ -145,16 +150,17 @@ impl std::error::Error for EnvError {}
 
 /// Reads the socket-activation variables, given their raw values.
 ///
-/// `own_pid` is this process's pid ([`std::process::id`]); `LISTEN_PID` must
-/// equal it. The fds are numbered from [`SD_LISTEN_FDS_START`] in order, and
-/// each gets its name from `LISTEN_FDNAMES`, or [`UNKNOWN_NAME`] when that is
-/// unset or the name is empty (systemd's default for unnamed fds).
+/// `own_pid` is this process's pid ([`std::process::id`]). When
+/// `LISTEN_PID` is unset or names another process the variables are not
+/// ours ([`Activation::NotOurs`]), as in `sd_listen_fds()`; a malformed
+/// `LISTEN_PID` is an error. The fds are numbered from
+/// [`SD_LISTEN_FDS_START`] in order, and each gets its name from
+/// `LISTEN_FDNAMES`, or [`UNKNOWN_NAME`] when that is unset or the name is
+/// empty (systemd's default for unnamed fds).
 ///
 /// `LISTEN_FDS` unset means nothing was passed: the result is empty whatever
-/// the other two say. `LISTEN_FDS=0` is valid and also gives an empty list,
-/// but `LISTEN_PID` is still checked: variables meant for another process
-/// are reported, not trusted. Leading zeros in numbers are accepted
-/// (`"007"` is 7).
+/// the other two say. `LISTEN_FDS=0` is valid and also gives an empty list.
+/// Leading zeros in numbers are accepted (`"007"` is 7).
 ///
 /// # Errors
 ///
@@ -162,10 +168,8 @@ impl std::error::Error for EnvError {}
 /// - [`EnvError::NotANumber`] if `LISTEN_FDS` or `LISTEN_PID` is not plain
 ///   ASCII decimal (empty, signed, spaces, letters).
 /// - [`EnvError::TooMany`] if `LISTEN_FDS` is above [`MAX_LISTEN_FDS`].
-/// - [`EnvError::MissingPid`] if `LISTEN_PID` is unset.
 /// - [`EnvError::PidOutOfRange`] if `LISTEN_PID` is zero or too large to be
 ///   a pid.
-/// - [`EnvError::PidMismatch`] if `LISTEN_PID` is not `own_pid`.
 /// - [`EnvError::NamesMismatch`] if `LISTEN_FDNAMES` does not have exactly
 ///   one name per fd.
 /// - [`EnvError::BadName`] if a name has a control character, a non-ASCII
@@ -175,20 +179,20 @@ pub fn parse_listen_env(
     listen_fds: Option<&[u8]>,
     listen_fdnames: Option<&[u8]>,
     own_pid: u32,
-) -> Result<Vec<ListenFd>, EnvError> {
+) -> Result<Activation, EnvError> {
     let Some(listen_fds) = listen_fds else {
-        return Ok(Vec::new());
+        return Ok(Activation::Fds(Vec::new()));
     };
-    let count = parse_count(utf8("LISTEN_FDS", listen_fds)?)?;
-
-    let listen_pid = listen_pid.ok_or(EnvError::MissingPid)?;
+    let Some(listen_pid) = listen_pid else {
+        return Ok(Activation::NotOurs { listen_pid: None });
+    };
     let pid = parse_pid(utf8("LISTEN_PID", listen_pid)?)?;
     if pid != own_pid {
-        return Err(EnvError::PidMismatch {
-            expected: own_pid,
-            found: pid,
+        return Ok(Activation::NotOurs {
+            listen_pid: Some(pid),
         });
     }
+    let count = parse_count(utf8("LISTEN_FDS", listen_fds)?)?;
 
     let names: Vec<&str> = match listen_fdnames {
         None => vec![""; count],
@@ -220,7 +224,7 @@ pub fn parse_listen_env(
             name: name.to_owned(),
         });
     }
-    Ok(fds)
+    Ok(Activation::Fds(fds))
 }
 
 /// Renders `LISTEN_FDS` and `LISTEN_FDNAMES` for a child that gets one fd per
@@ -242,16 +246,47 @@ pub fn render_listen_env(names: &[&str]) -> Result<(String, String), EnvError> {
         });
     }
     for (index, name) in names.iter().enumerate() {
-        if name.is_empty() {
-            return Err(EnvError::BadName {
-                index,
-                name: String::new(),
-                reason: "it is empty, and an empty name reads back as \"unknown\"",
-            });
-        }
-        check_name(index, name)?;
+        check_passable_name(index, name)?;
     }
     Ok((names.len().to_string(), names.join(":")))
+}
+
+/// Checks that `name` can be passed to a child and read back as itself: not
+/// empty (that reads back as [`UNKNOWN_NAME`]), no `:`, printable ASCII, at
+/// most [`MAX_FD_NAME_LEN`] bytes.
+pub(crate) fn check_passable_name(index: usize, name: &str) -> Result<(), EnvError> {
+    if name.is_empty() {
+        return Err(EnvError::BadName {
+            index,
+            name: String::new(),
+            reason: "it is empty, and an empty name reads back as \"unknown\"",
+        });
+    }
+    check_name(index, name)
+}
+
+/// Removes the socket-activation variables from a command's environment.
+///
+/// They describe fds passed to *this* process and stay in its environment
+/// (changing the environment of a running, multi-threaded process is not
+/// safe). Programs you start yourself should not see them: use this on every
+/// [`Command`](std::process::Command) you spawn. (`LISTEN_PID` would tell a
+/// well-behaved program they are not its own anyway.) The next generation
+/// started by [`Upgrader::upgrade`](super::Upgrader::upgrade) gets fresh
+/// ones.
+///
+/// ```
+/// use std::process::Command;
+///
+/// let mut command = Command::new("date");
+/// seamless::handoff::remove_activation_env(&mut command);
+/// assert_eq!(command.get_envs().count(), 3);
+/// ```
+pub fn remove_activation_env(command: &mut std::process::Command) -> &mut std::process::Command {
+    for var in ACTIVATION_VARS {
+        command.env_remove(var);
+    }
+    command
 }
 
 /// Checks one name against systemd's `fdname_is_valid`. Empty is allowed
@@ -320,12 +355,19 @@ mod tests {
     const PID: u32 = 4242;
 
     fn parse(fds: &str, names: Option<&str>) -> Result<Vec<ListenFd>, EnvError> {
-        parse_listen_env(
+        fds_of(parse_listen_env(
             Some(b"4242"),
             Some(fds.as_bytes()),
             names.map(str::as_bytes),
             PID,
-        )
+        ))
+    }
+
+    fn fds_of(parsed: Result<Activation, EnvError>) -> Result<Vec<ListenFd>, EnvError> {
+        parsed.map(|activation| match activation {
+            Activation::Fds(fds) => fds,
+            other => panic!("expected fds, got {other:?}"),
+        })
     }
 
     fn fd(fd: RawFd, name: &str) -> ListenFd {
@@ -337,10 +379,10 @@ mod tests {
 
     #[test]
     fn unset_means_nothing_passed() {
-        assert_eq!(parse_listen_env(None, None, None, PID), Ok(vec![]));
+        assert_eq!(fds_of(parse_listen_env(None, None, None, PID)), Ok(vec![]));
         // The others do not matter, even when malformed.
         assert_eq!(
-            parse_listen_env(Some(b"junk"), None, Some(b"\xff"), PID),
+            fds_of(parse_listen_env(Some(b"junk"), None, Some(b"\xff"), PID)),
             Ok(vec![])
         );
     }
@@ -419,23 +461,22 @@ mod tests {
 
     #[test]
     fn pid_checks() {
+        // Meant for someone else, as sd_listen_fds() sees it: ignored, even
+        // when the rest is malformed.
         assert_eq!(
             parse_listen_env(None, Some(b"1"), None, PID),
-            Err(EnvError::MissingPid)
+            Ok(Activation::NotOurs { listen_pid: None })
         );
         assert_eq!(
-            parse_listen_env(Some(b"4243"), Some(b"1"), None, PID),
-            Err(EnvError::PidMismatch {
-                expected: PID,
-                found: 4243
+            parse_listen_env(Some(b"4243"), Some(b"junk"), Some(b"\xff"), PID),
+            Ok(Activation::NotOurs {
+                listen_pid: Some(4243)
             })
         );
-        // Checked even when no fd is passed.
         assert_eq!(
             parse_listen_env(Some(b"1"), Some(b"0"), None, PID),
-            Err(EnvError::PidMismatch {
-                expected: PID,
-                found: 1
+            Ok(Activation::NotOurs {
+                listen_pid: Some(1)
             })
         );
         for bad in ["", "-4242", "4242 ", "pid"] {
@@ -454,7 +495,7 @@ mod tests {
             );
         }
         assert_eq!(
-            parse_listen_env(Some(b"0004242"), Some(b"1"), None, PID),
+            fds_of(parse_listen_env(Some(b"0004242"), Some(b"1"), None, PID)),
             Ok(vec![fd(3, "unknown")])
         );
     }
@@ -524,6 +565,7 @@ mod tests {
     #[test]
     fn messages_name_the_variable_and_value() {
         let msg = |e: Result<Vec<ListenFd>, EnvError>| e.unwrap_err().to_string();
+        let msg_of = |e: Result<Activation, EnvError>| e.unwrap_err().to_string();
         assert_eq!(
             msg(parse("abc", None)),
             "LISTEN_FDS=\"abc\" is not a number"
@@ -533,11 +575,11 @@ mod tests {
             "LISTEN_FDS=\"5000\" is more than the 1024 fds accepted"
         );
         assert_eq!(
-            msg(parse_listen_env(Some(b"7"), Some(b"1"), None, 8)),
-            "LISTEN_PID=7 is not this process (pid 8): the fds were meant for another process"
+            msg_of(parse_listen_env(Some(b"0"), Some(b"1"), None, 8)),
+            "LISTEN_PID=\"0\" is not a valid process id"
         );
         assert_eq!(
-            msg(parse_listen_env(Some(b"1"), Some(b"\xff"), None, 1)),
+            msg_of(parse_listen_env(Some(b"1"), Some(b"\xff"), None, 1)),
             "LISTEN_FDS=\"\\xff\" is not valid UTF-8"
         );
         assert_eq!(
@@ -545,7 +587,7 @@ mod tests {
             "LISTEN_FDNAMES has 2 name(s) but LISTEN_FDS=1"
         );
         assert!(msg(parse("1", Some("a\nb"))).contains("\"a\\nb\""));
-        assert!(msg(parse_listen_env(None, Some(b"1"), None, 1)).contains("LISTEN_PID"));
+        assert!(msg_of(parse_listen_env(Some(b"x"), Some(b"1"), None, 1)).contains("LISTEN_PID"));
     }
 
     #[test]

@@ -8,19 +8,89 @@
 #![allow(unsafe_code)]
 
 use std::ffi::OsString;
+use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::env::{parse_listen_env, ListenFd};
-use super::InheritError;
+use super::env::{parse_listen_env, Activation, EnvError, ListenFd};
 use crate::sys;
 
 /// The name of the readiness pipe among the passed fds.
 pub(crate) const READY_PIPE_NAME: &str = "seamless-ready";
 
 static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Why the inherited fds could not be used.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum InheritError {
+    /// The socket-activation variables are malformed or not for us.
+    Env(EnvError),
+    /// A passed fd is not what the protocol says.
+    BadFd {
+        /// The fd number.
+        fd: RawFd,
+        /// Its name in `LISTEN_FDNAMES`.
+        name: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A passed fd was claimed as something it is not.
+    WrongType {
+        /// The fd number.
+        fd: RawFd,
+        /// Its name in `LISTEN_FDNAMES`.
+        name: String,
+        /// What the caller asked for.
+        expected: &'static str,
+        /// What it is.
+        found: String,
+    },
+    /// Another [`Upgrader`](super::Upgrader) in this process already took
+    /// the fds.
+    AlreadyTaken,
+    /// A syscall failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for InheritError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InheritError::Env(e) => write!(f, "bad socket-activation variables: {e}"),
+            InheritError::BadFd { fd, name, problem } => {
+                write!(f, "inherited fd {fd} (named {name:?}) {problem}")
+            }
+            InheritError::WrongType {
+                fd,
+                name,
+                expected,
+                found,
+            } => write!(
+                f,
+                "inherited fd {fd} (named {name:?}) should be {expected} but is a {found}"
+            ),
+            InheritError::AlreadyTaken => {
+                write!(
+                    f,
+                    "the inherited fds were already taken by another Upgrader"
+                )
+            }
+            InheritError::Io(e) => write!(f, "taking the inherited fds: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for InheritError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            InheritError::Env(e) => Some(e),
+            InheritError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// What this process inherited.
 #[derive(Debug, Default)]
@@ -38,13 +108,27 @@ pub(crate) fn take() -> Result<Inherited, InheritError> {
         return Err(InheritError::AlreadyTaken);
     }
     let var = |name: &str| std::env::var_os(name).map(OsString::into_vec);
-    let listed = parse_listen_env(
+    let own_pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    let activation = parse_listen_env(
         var("LISTEN_PID").as_deref(),
         var("LISTEN_FDS").as_deref(),
         var("LISTEN_FDNAMES").as_deref(),
-        rustix::process::getpid().as_raw_nonzero().get() as u32,
+        own_pid,
     )
     .map_err(InheritError::Env)?;
+    let listed = match activation {
+        Activation::Fds(listed) => listed,
+        Activation::NotOurs { listen_pid } => {
+            // Never passed on either: the spawner sets its own.
+            tracing::warn!(
+                ?listen_pid,
+                own_pid,
+                "LISTEN_FDS is set but LISTEN_PID is not this process: \
+                 the fds were meant for another process; ignored"
+            );
+            Vec::new()
+        }
+    };
 
     let mut inherited = Inherited::default();
     for ListenFd { fd, name } in listed {

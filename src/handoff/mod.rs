@@ -66,7 +66,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::net::{TcpListener, ToSocketAddrs, UdpSocket};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
@@ -81,13 +81,17 @@ use crate::shutdown::{lock, PhaseHook, Shutdown};
 use crate::sys;
 
 pub(crate) mod env;
+mod fds;
 mod inherit;
 pub(crate) mod ready;
 mod spawn;
 
-pub use env::EnvError;
+pub use env::{remove_activation_env, EnvError};
+pub use inherit::InheritError;
 pub use ready::ReadyError;
 
+use crate::sd;
+use fds::Fds;
 use inherit::{wrong_type, Inherited, READY_PIPE_NAME};
 use ready::{ReadyReader, ReadyStatus};
 
@@ -150,75 +154,6 @@ impl Options {
     pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.pid_file = Some(path.into());
         self
-    }
-}
-
-/// Why the inherited fds could not be used.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum InheritError {
-    /// The socket-activation variables are malformed or not for us.
-    Env(EnvError),
-    /// A passed fd is not what the protocol says.
-    BadFd {
-        /// The fd number.
-        fd: RawFd,
-        /// Its name in `LISTEN_FDNAMES`.
-        name: String,
-        /// What is wrong with it.
-        problem: &'static str,
-    },
-    /// A passed fd was claimed as something it is not.
-    WrongType {
-        /// The fd number.
-        fd: RawFd,
-        /// Its name in `LISTEN_FDNAMES`.
-        name: String,
-        /// What the caller asked for.
-        expected: &'static str,
-        /// What it is.
-        found: String,
-    },
-    /// Another [`Upgrader`] in this process already took the fds.
-    AlreadyTaken,
-    /// A syscall failed.
-    Io(io::Error),
-}
-
-impl fmt::Display for InheritError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            InheritError::Env(e) => write!(f, "bad socket-activation variables: {e}"),
-            InheritError::BadFd { fd, name, problem } => {
-                write!(f, "inherited fd {fd} (named {name:?}) {problem}")
-            }
-            InheritError::WrongType {
-                fd,
-                name,
-                expected,
-                found,
-            } => write!(
-                f,
-                "inherited fd {fd} (named {name:?}) should be {expected} but is a {found}"
-            ),
-            InheritError::AlreadyTaken => {
-                write!(
-                    f,
-                    "the inherited fds were already taken by another Upgrader"
-                )
-            }
-            InheritError::Io(e) => write!(f, "taking the inherited fds: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for InheritError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            InheritError::Env(e) => Some(e),
-            InheritError::Io(e) => Some(e),
-            _ => None,
-        }
     }
 }
 
@@ -294,19 +229,20 @@ struct Inner {
     args: Vec<OsString>,
     options: Options,
     fds: Mutex<Fds>,
+    readiness: Mutex<Readiness>,
     ready: AtomicBool,
     upgrading: AtomicBool,
     has_parent: bool,
 }
 
-#[derive(Default)]
-struct Fds {
-    /// Inherited and not yet claimed; closed at `ready()`.
-    unclaimed: Vec<(String, OwnedFd)>,
-    /// Our copies of what the next generation gets; closed when draining
-    /// starts, so a stopped service refuses connections instead of queueing.
-    passing: Vec<(String, OwnedFd)>,
-    ready_pipe: Option<OwnedFd>,
+/// How far [`Upgrader::ready`] has got, so a call after a failed one
+/// resumes where it stopped instead of pretending to be done.
+struct Readiness {
+    /// Where to tell a seamless parent; closed once it is told.
+    pipe: Option<OwnedFd>,
+    /// The parent (or systemd) has been told.
+    told: bool,
+    done: bool,
 }
 
 impl fmt::Debug for Upgrader {
@@ -324,11 +260,14 @@ impl Upgrader {
     /// from systemd) and resolves the program to start next.
     ///
     /// Call it once, early in `main`, before anything else opens fds.
+    /// Socket-activation variables meant for another process (`LISTEN_PID`
+    /// unset or not this process) are ignored, as systemd's own
+    /// `sd_listen_fds()` does, and logged.
     ///
     /// # Errors
     ///
     /// - [`InheritError::Env`]: `LISTEN_FDS`, `LISTEN_PID` or
-    ///   `LISTEN_FDNAMES` is malformed, or `LISTEN_PID` is not this process.
+    ///   `LISTEN_FDNAMES` is malformed.
     /// - [`InheritError::BadFd`]: a passed fd is closed, or not a socket.
     /// - [`InheritError::AlreadyTaken`]: called twice in one process.
     pub fn new(shutdown: &Shutdown, options: Options) -> Result<Upgrader, InheritError> {
@@ -350,10 +289,11 @@ impl Upgrader {
             args,
             options,
             has_parent: ready_pipe.is_some(),
-            fds: Mutex::new(Fds {
-                unclaimed: sockets,
-                passing: Vec::new(),
-                ready_pipe,
+            fds: Mutex::new(Fds::new(sockets)),
+            readiness: Mutex::new(Readiness {
+                pipe: ready_pipe,
+                told: false,
+                done: false,
             }),
             ready: AtomicBool::new(false),
             upgrading: AtomicBool::new(false),
@@ -369,7 +309,7 @@ impl Upgrader {
         self.inner.has_parent
     }
 
-    /// Whether [`ready`](Upgrader::ready) has been called.
+    /// Whether [`ready`](Upgrader::ready) has succeeded.
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::SeqCst)
     }
@@ -380,10 +320,14 @@ impl Upgrader {
     ///
     /// # Errors
     ///
-    /// An inherited fd of that name that is not a listening TCP socket
-    /// (`InvalidInput`, wrapping [`InheritError::WrongType`]), or a failed
-    /// bind.
+    /// - `InvalidInput` for a name that cannot be passed on (empty, with a
+    ///   `:`, not printable ASCII, longer than 255 bytes, starting with
+    ///   `seamless-`, or already used), checked before anything is bound.
+    /// - `InvalidInput`, wrapping [`InheritError::WrongType`], for an
+    ///   inherited fd of that name that is not a listening TCP socket.
+    /// - A failed bind.
     pub fn tcp_listener(&self, name: &str, addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        fds::check_name(name)?;
         let inherited = self.claim(name, "a listening TCP socket", |info| {
             matches!(info.family, AddressFamily::INET | AddressFamily::INET6)
                 && info.socket_type == SocketType::STREAM
@@ -393,7 +337,7 @@ impl Upgrader {
             Some(fd) => TcpListener::from(fd),
             None => TcpListener::bind(addr)?,
         };
-        self.pass(name, &listener)?;
+        self.pass_on(name, &listener)?;
         Ok(listener)
     }
 
@@ -403,6 +347,7 @@ impl Upgrader {
     ///
     /// As for [`tcp_listener`](Upgrader::tcp_listener).
     pub fn unix_listener(&self, name: &str, path: impl AsRef<Path>) -> io::Result<UnixListener> {
+        fds::check_name(name)?;
         let inherited = self.claim(name, "a listening Unix socket", |info| {
             info.family == AddressFamily::UNIX
                 && info.socket_type == SocketType::STREAM
@@ -412,7 +357,7 @@ impl Upgrader {
             Some(fd) => UnixListener::from(fd),
             None => UnixListener::bind(path)?,
         };
-        self.pass(name, &listener)?;
+        self.pass_on(name, &listener)?;
         Ok(listener)
     }
 
@@ -422,6 +367,7 @@ impl Upgrader {
     ///
     /// As for [`tcp_listener`](Upgrader::tcp_listener).
     pub fn udp_socket(&self, name: &str, addr: impl ToSocketAddrs) -> io::Result<UdpSocket> {
+        fds::check_name(name)?;
         let inherited = self.claim(name, "a UDP socket", |info| {
             matches!(info.family, AddressFamily::INET | AddressFamily::INET6)
                 && info.socket_type == SocketType::DGRAM
@@ -430,74 +376,94 @@ impl Upgrader {
             Some(fd) => UdpSocket::from(fd),
             None => UdpSocket::bind(addr)?,
         };
-        self.pass(name, &socket)?;
+        self.pass_on(name, &socket)?;
         Ok(socket)
     }
 
-    /// Takes the inherited socket named `name`, whatever its kind, without
-    /// passing it on (register it again with [`add_fd`](Upgrader::add_fd)
-    /// to do so).
-    pub fn take_fd(&self, name: &str) -> Option<OwnedFd> {
-        let mut fds = lock(&self.inner.fds);
-        let index = fds.unclaimed.iter().position(|(n, _)| n == name)?;
-        Some(fds.unclaimed.remove(index).1)
+    /// Takes the inherited socket named `name`, of any kind, if there is
+    /// one. It is not passed on by this call: pass it (or a fresh socket, if
+    /// there was none) with [`pass_on`](Upgrader::pass_on).
+    ///
+    /// For sockets the typed methods above do not cover (a Unix datagram or
+    /// seqpacket socket, a netlink socket, ...).
+    pub fn take_inherited(&self, name: &str) -> Option<OwnedFd> {
+        lock(&self.inner.fds).take(name)
     }
 
-    /// Passes a socket of your own to the next generation under `name`
-    /// (it keeps its own copy; `fd` stays yours).
+    /// Passes a socket to every later generation under `name`. This process
+    /// keeps `fd`; the library keeps a copy to pass on.
     ///
     /// # Errors
     ///
-    /// `InvalidInput` if `fd` is not a socket or the name is unusable.
-    pub fn add_fd(&self, name: &str, fd: impl AsFd) -> io::Result<()> {
+    /// `InvalidInput` if `fd` is not a socket, or for a name that cannot be
+    /// passed on (empty, with a `:`, not printable ASCII, longer than 255
+    /// bytes, starting with `seamless-`, or already used).
+    pub fn pass_on(&self, name: &str, fd: impl AsFd) -> io::Result<()> {
         sys::socket_info(fd.as_fd()).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("only sockets can be passed on ({name:?}: {e})"),
             )
         })?;
-        self.pass(name, fd)
+        lock(&self.inner.fds).pass(name, fd.as_fd())
     }
 
     /// Says this process is ready: closes inherited fds nobody claimed,
-    /// writes the pid file, tells the parent (which then drains) or, without
-    /// a parent, systemd. Calling it again does nothing.
+    /// tells the parent generation (which then drains) or, without one,
+    /// systemd, and then writes the pid file.
     ///
     /// Claim or bind every listener *before* this: once you are ready, your
     /// parent stops accepting.
     ///
+    /// If the parent is gone (it was killed while this process started),
+    /// this process carries on as the only generation: it logs it and tells
+    /// systemd it is the main process now. Calling `ready()` again after it
+    /// succeeded does nothing; after it failed, it resumes where it stopped.
+    ///
     /// # Errors
     ///
-    /// Writing the pid file or the readiness pipe failed. A failed pipe
-    /// write means the parent is gone or gave up on us.
+    /// Telling the parent failed for another reason than its being gone, or
+    /// writing the pid file failed. This process is not ready then.
     pub fn ready(&self) -> io::Result<()> {
-        if self.inner.ready.swap(true, Ordering::SeqCst) {
+        let mut readiness = lock(&self.inner.readiness);
+        if readiness.done {
             return Ok(());
         }
-        let pipe = {
-            let mut fds = lock(&self.inner.fds);
-            fds.unclaimed.clear();
-            fds.ready_pipe.take()
-        };
-        if let Some(path) = &self.inner.options.pid_file {
-            write_pid_file(path, std::process::id())?;
-        }
+        lock(&self.inner.fds).close_unclaimed();
         // Signals held back during start-up are delivered from here on.
         sys::process::block_startup_signals(false)?;
-        match pipe {
-            Some(pipe) => ready::write_ready(&pipe),
-            None => {
-                sd::ready()?;
-                Ok(())
+        if !readiness.told {
+            match &readiness.pipe {
+                Some(pipe) => tell_parent(pipe)?,
+                None => {
+                    sd::ready()?;
+                }
             }
+            readiness.told = true;
+            readiness.pipe = None;
         }
+        // Only now: a pid file must never name a generation its parent was
+        // not told about.
+        if let Some(path) = &self.inner.options.pid_file {
+            write_pid_file(path, std::process::id()).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("writing the pid file {}: {e}", path.display()),
+                )
+            })?;
+        }
+        readiness.done = true;
+        self.inner.ready.store(true, Ordering::SeqCst);
+        tracing::info!(parent = self.inner.has_parent, "ready");
+        Ok(())
     }
 
     /// Starts the next generation and waits until it is ready.
     ///
     /// On success this process starts draining (within the coordinator's
-    /// [`drain_timeout`](Shutdown::drain_timeout)) and the future resolves to
-    /// the child's pid. On failure the child is killed and reaped, this
+    /// [`drain_timeout`](Shutdown::drain_timeout), with
+    /// [`Reason::Upgrade`](crate::Reason::Upgrade)) and the future resolves
+    /// to the child's pid. On failure the child is killed and reaped, this
     /// process goes on serving untouched, and the error says what happened.
     /// Under systemd it sends `RELOADING=1` first, then `MAINPID=` and
     /// `READY=1` for whichever process serves afterwards.
@@ -518,13 +484,17 @@ impl Upgrader {
         }
         let _upgrading = ClearOnDrop(&inner.upgrading);
         let _ = sd::reloading();
+        let started = std::time::Instant::now();
+        tracing::info!(program = %inner.program.display(), "upgrade: starting the next generation");
         let outcome = self.start_next().await;
         match &outcome {
             Ok(pid) => {
+                tracing::info!(pid, elapsed = ?started.elapsed(), "upgrade: the next generation is ready; draining");
                 let _ = sd::main_pid_ready(*pid);
                 inner.shutdown.hand_over();
             }
-            Err(_) => {
+            Err(error) => {
+                tracing::warn!(%error, elapsed = ?started.elapsed(), "upgrade failed; still serving");
                 let _ = sd::ready();
                 // The child may have written the pid file before failing.
                 if let Some(path) = &inner.options.pid_file {
@@ -547,7 +517,7 @@ impl Upgrader {
         expected: &'static str,
         check: impl Fn(&sys::SocketInfo) -> bool,
     ) -> io::Result<Option<OwnedFd>> {
-        let Some(fd) = self.take_fd(name) else {
+        let Some(fd) = self.take_inherited(name) else {
             return Ok(None);
         };
         match sys::socket_info(fd.as_fd()) {
@@ -556,21 +526,11 @@ impl Upgrader {
         }
     }
 
-    fn pass(&self, name: &str, fd: impl AsFd) -> io::Result<()> {
-        let copy = sys::dup_at_least(fd, 0)?;
-        lock(&self.inner.fds).passing.push((name.to_owned(), copy));
-        Ok(())
-    }
-
     async fn start_next(&self) -> Result<u32, UpgradeError> {
         let (pipe_read, pipe_write) = sys::pipe_cloexec().map_err(UpgradeError::Io)?;
         let mut child = {
             let fds = lock(&self.inner.fds);
-            let mut passed: Vec<(&str, BorrowedFd<'_>)> = fds
-                .passing
-                .iter()
-                .map(|(name, fd)| (name.as_str(), fd.as_fd()))
-                .collect();
+            let mut passed: Vec<(&str, BorrowedFd<'_>)> = fds.passing().collect();
             passed.push((READY_PIPE_NAME, pipe_write.as_fd()));
             spawn::spawn(&self.inner.program, &self.inner.args, &passed)
                 .map_err(UpgradeError::Spawn)?
@@ -596,29 +556,6 @@ impl Upgrader {
             }
         }
     }
-}
-
-/// Removes the socket-activation variables from a command's environment.
-///
-/// They describe fds passed to *this* process and stay in its environment
-/// (changing the environment of a running, multi-threaded process is not
-/// safe). Programs you start yourself should not see them: use this on every
-/// [`Command`](std::process::Command) you spawn. (`LISTEN_PID` would tell a
-/// well-behaved program they are not its own anyway.) The next generation
-/// started by [`Upgrader::upgrade`] gets fresh ones.
-///
-/// ```
-/// use std::process::Command;
-///
-/// let mut command = Command::new("date");
-/// seamless::handoff::remove_activation_env(&mut command);
-/// assert_eq!(command.get_envs().count(), 3);
-/// ```
-pub fn remove_activation_env(command: &mut std::process::Command) -> &mut std::process::Command {
-    for var in spawn::ACTIVATION_VARS {
-        command.env_remove(var);
-    }
-    command
 }
 
 /// Reads the readiness pipe until the child says `ready`, closes it early,
@@ -659,24 +596,20 @@ fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// sd_notify with the `systemd` feature; nothing without it.
-mod sd {
-    #[cfg(feature = "systemd")]
-    pub(super) use crate::systemd::{main_pid_ready, ready, reloading};
-
-    #[cfg(not(feature = "systemd"))]
-    pub(super) fn ready() -> std::io::Result<bool> {
-        Ok(false)
-    }
-
-    #[cfg(not(feature = "systemd"))]
-    pub(super) fn reloading() -> std::io::Result<bool> {
-        Ok(false)
-    }
-
-    #[cfg(not(feature = "systemd"))]
-    pub(super) fn main_pid_ready(_pid: u32) -> std::io::Result<bool> {
-        Ok(false)
+/// Writes `ready` on the pipe to the parent. A parent that is gone (killed
+/// while we started) is not an error: we carry on as the only generation.
+fn tell_parent(pipe: &OwnedFd) -> io::Result<()> {
+    match ready::write_ready(pipe) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            tracing::warn!("the parent generation is gone; carrying on as the only generation");
+            let _ = sd::main_pid_ready(std::process::id());
+            Ok(())
+        }
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("telling the parent generation we are ready: {e}"),
+        )),
     }
 }
 
@@ -690,7 +623,11 @@ impl Drop for ClearOnDrop<'_> {
 
 impl PhaseHook for Inner {
     fn on_draining(&self) {
-        lock(&self.fds).passing.clear();
+        lock(&self.fds).stop_passing();
+        // The service's end, not a handover: systemd shows it deactivating.
+        if self.shutdown.reason() == Some(crate::Reason::Stop) {
+            let _ = sd::stopping();
+        }
     }
 
     fn on_stopped(&self) {}

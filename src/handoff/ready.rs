@@ -43,7 +43,7 @@ pub enum ReadyStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ReadyError {
-    /// The child wrote something other than [`READY_MESSAGE`], or more after
+    /// The child wrote something other than `ready\n`, or more after
     /// it.
     Garbage {
         /// The first bytes received (at most 32), for the message.

@@ -20,15 +20,12 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
 
-use super::env::{render_listen_env, SD_LISTEN_FDS_START};
+use super::env::{render_listen_env, ACTIVATION_VARS, SD_LISTEN_FDS_START};
 use crate::sys;
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
 /// Room for any `u32` pid.
 const PID_DIGITS: usize = 10;
-
-/// The variables we set for the child; the parent's own are not passed on.
-pub(crate) const ACTIVATION_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
 
 /// Starts `program` with `args` (argv\[0\] included), this process's
 /// environment, and `fds` at 3, 4, ... described by the socket-activation
