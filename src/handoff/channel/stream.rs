@@ -407,3 +407,246 @@ fn check_fds(kind: Kind, received: usize) -> Result<(), StreamError> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handoff::channel::wire::app_state_chunks;
+
+    fn bytes(message: Message<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        message.encode(&mut out).unwrap();
+        out
+    }
+
+    fn connection(name: &str) -> Vec<u8> {
+        bytes(Message::Connection {
+            listener: name,
+            state: name.as_bytes(),
+        })
+    }
+
+    fn chunk(total: u32, offset: u32, chunk: &[u8]) -> Vec<u8> {
+        bytes(Message::AppState {
+            total,
+            offset,
+            chunk,
+        })
+    }
+
+    fn end(sent: u64) -> Vec<u8> {
+        bytes(Message::End { sent })
+    }
+
+    #[test]
+    fn a_whole_stream_is_taken_in_order_and_finishes() {
+        let mut inbound = Inbound::new();
+        assert_eq!(
+            inbound.receive(&connection("a"), 1),
+            Ok(Delivery::Connection {
+                listener: "a",
+                state: b"a"
+            })
+        );
+        let blob: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        let mut chunks: Vec<Vec<u8>> = app_state_chunks(&blob).unwrap().map(bytes).collect();
+        let last = chunks.pop().unwrap();
+        for c in &chunks {
+            assert_eq!(inbound.receive(c, 0), Ok(Delivery::AppStateChunk));
+            // Connections may come between chunks.
+            assert!(matches!(
+                inbound.receive(&connection("b"), 1),
+                Ok(Delivery::Connection { .. })
+            ));
+        }
+        assert_eq!(inbound.receive(&last, 0), Ok(Delivery::AppState(blob)));
+        let sent = inbound.received();
+        assert_eq!(sent, 1 + 2 * chunks.len() as u64 + 1);
+        assert_eq!(inbound.close(), Ending::Abandoned { received: sent });
+        assert_eq!(inbound.receive(&end(sent), 0), Ok(Delivery::End));
+        assert_eq!(inbound.received(), sent + 1);
+        assert_eq!(inbound.close(), Ending::Finished);
+    }
+
+    #[test]
+    fn an_empty_stream_can_finish() {
+        let mut inbound = Inbound::new();
+        assert_eq!(inbound.close(), Ending::Abandoned { received: 0 });
+        assert_eq!(inbound.receive(&end(0), 0), Ok(Delivery::End));
+        assert_eq!(inbound.close(), Ending::Finished);
+    }
+
+    /// Feeds `before`, then checks that `bad` is refused with `expected`,
+    /// counts nothing, and that the error sticks even for a good message.
+    fn refused(before: &[(Vec<u8>, usize)], bad: (&[u8], usize), expected: StreamError) {
+        let mut inbound = Inbound::new();
+        for (message, fds) in before {
+            inbound.receive(message, *fds).unwrap();
+        }
+        let count = inbound.received();
+        assert_eq!(inbound.receive(bad.0, bad.1), Err(expected.clone()));
+        assert_eq!(inbound.received(), count);
+        assert_eq!(inbound.receive(&connection("ok"), 1), Err(expected.clone()));
+        assert_eq!(inbound.received(), count);
+        assert!(!expected.to_string().is_empty());
+    }
+
+    #[test]
+    fn the_wrong_number_of_fds_is_refused() {
+        for (message, fds, kind) in [
+            (connection("a"), 0, Kind::Connection),
+            (connection("a"), 2, Kind::Connection),
+            (chunk(1, 0, b"x"), 1, Kind::AppState),
+            (end(0), 1, Kind::End),
+        ] {
+            refused(
+                &[],
+                (&message, fds),
+                StreamError::WrongFds {
+                    kind,
+                    expected: kind.fds(),
+                    received: fds,
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn undecodable_messages_are_refused() {
+        refused(
+            &[],
+            (&[9, 1], 1),
+            StreamError::Wire(WireError::UnsupportedVersion { found: 9 }),
+        );
+        refused(&[], (&[], 0), StreamError::Wire(WireError::Empty));
+    }
+
+    #[test]
+    fn acknowledgements_are_for_the_other_direction() {
+        refused(
+            &[],
+            (&bytes(Message::Ack { received: 0 }), 0),
+            StreamError::WrongDirection { kind: Kind::Ack },
+        );
+    }
+
+    #[test]
+    fn nothing_follows_the_end_marker() {
+        refused(
+            &[(end(0), 0)],
+            (&connection("late"), 1),
+            StreamError::AfterEnd {
+                kind: Kind::Connection,
+            },
+        );
+        refused(
+            &[(end(0), 0)],
+            (&end(1), 0),
+            StreamError::AfterEnd { kind: Kind::End },
+        );
+    }
+
+    #[test]
+    fn the_end_marker_must_count_what_arrived() {
+        refused(
+            &[(connection("a"), 1)],
+            (&end(2), 0),
+            StreamError::EndCount {
+                sent: 2,
+                received: 1,
+            },
+        );
+        refused(
+            &[(connection("a"), 1)],
+            (&end(0), 0),
+            StreamError::EndCount {
+                sent: 0,
+                received: 1,
+            },
+        );
+    }
+
+    #[test]
+    fn application_state_chunks_must_follow_each_other() {
+        refused(
+            &[(chunk(4, 0, b"ab"), 0)],
+            (&chunk(4, 3, b"d"), 0),
+            StreamError::AppStateOutOfOrder {
+                expected: 2,
+                offset: 3,
+            },
+        );
+        refused(
+            &[],
+            (&chunk(4, 2, b"cd"), 0),
+            StreamError::AppStateOutOfOrder {
+                expected: 0,
+                offset: 2,
+            },
+        );
+        refused(
+            &[(chunk(4, 0, b"ab"), 0)],
+            (&chunk(5, 2, b"cd"), 0),
+            StreamError::AppStateTotalChanged { was: 4, now: 5 },
+        );
+        refused(
+            &[(chunk(2, 0, b"ab"), 0)],
+            (&chunk(2, 0, b"ab"), 0),
+            StreamError::AppStateTwice,
+        );
+        refused(
+            &[(chunk(0, 0, b""), 0)],
+            (&chunk(0, 0, b""), 0),
+            StreamError::AppStateTwice,
+        );
+        refused(
+            &[(chunk(4, 0, b"ab"), 0)],
+            (&end(1), 0),
+            StreamError::AppStateUnfinished {
+                received: 2,
+                total: 4,
+            },
+        );
+    }
+
+    #[test]
+    fn acknowledgements_count_up_to_what_was_sent() {
+        let ack = |received| bytes(Message::Ack { received });
+        let mut tracker = AckTracker::new();
+        assert_eq!(tracker.receive(&ack(0), 0, 5), Ok(None));
+        assert_eq!(tracker.receive(&ack(2), 0, 5), Ok(Some(2)));
+        assert_eq!(tracker.receive(&ack(2), 0, 5), Ok(None));
+        assert_eq!(tracker.receive(&ack(5), 0, 5), Ok(Some(5)));
+        assert_eq!(tracker.acked(), 5);
+
+        let bad: [(Vec<u8>, usize, StreamError); 5] = [
+            (ack(6), 0, StreamError::AckAhead { acked: 6, sent: 5 }),
+            (ack(4), 0, StreamError::AckBackwards { was: 5, now: 4 }),
+            (
+                ack(5),
+                1,
+                StreamError::WrongFds {
+                    kind: Kind::Ack,
+                    expected: 0,
+                    received: 1,
+                },
+            ),
+            (
+                connection("a"),
+                1,
+                StreamError::WrongDirection {
+                    kind: Kind::Connection,
+                },
+            ),
+            (vec![1], 0, StreamError::Wire(WireError::NoKind)),
+        ];
+        for (message, fds, expected) in bad {
+            let mut tracker = AckTracker::new();
+            tracker.receive(&ack(5), 0, 5).unwrap();
+            assert_eq!(tracker.receive(&message, fds, 5), Err(expected.clone()));
+            // Sticky, and the count stays.
+            assert_eq!(tracker.receive(&ack(5), 0, 5), Err(expected));
+            assert_eq!(tracker.acked(), 5);
+        }
+    }
+}

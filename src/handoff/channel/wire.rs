@@ -522,3 +522,377 @@ impl<'a> Reader<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(message: Message<'_>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        message.encode(&mut bytes).unwrap();
+        bytes
+    }
+
+    fn round_trip(message: Message<'_>) {
+        let bytes = encoded(message);
+        assert!(bytes.len() <= MAX_MESSAGE_LEN);
+        assert_eq!(decode(&bytes), Ok(message));
+    }
+
+    #[test]
+    fn the_layout_is_as_documented() {
+        assert_eq!(
+            encoded(Message::Connection {
+                listener: "http",
+                state: b"s",
+            }),
+            [1, 1, 4, b'h', b't', b't', b'p', 1, 0, b's']
+        );
+        assert_eq!(
+            encoded(Message::AppState {
+                total: 3,
+                offset: 1,
+                chunk: b"yz",
+            }),
+            [1, 2, 3, 0, 0, 0, 1, 0, 0, 0, b'y', b'z']
+        );
+        assert_eq!(
+            encoded(Message::End { sent: 0x0102 }),
+            [1, 3, 2, 1, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            encoded(Message::Ack { received: 7 }),
+            [1, 4, 7, 0, 0, 0, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn every_kind_round_trips_at_its_limits() {
+        let name = "n".repeat(MAX_LISTENER_NAME_LEN);
+        let state = vec![0xff; MAX_CONNECTION_STATE_LEN];
+        let chunk = vec![0x5a; MAX_CHUNK_LEN];
+        for message in [
+            Message::Connection {
+                listener: "a",
+                state: b"",
+            },
+            Message::Connection {
+                listener: &name,
+                state: &state,
+            },
+            Message::Connection {
+                listener: " ~!\"#$%&'()*+,-./;<=>?@[\\]^_`{|}",
+                state: b"\0\x01",
+            },
+            Message::AppState {
+                total: 0,
+                offset: 0,
+                chunk: b"",
+            },
+            Message::AppState {
+                total: MAX_APP_STATE_LEN as u32,
+                offset: (MAX_APP_STATE_LEN - MAX_CHUNK_LEN) as u32,
+                chunk: &chunk,
+            },
+            Message::End { sent: 0 },
+            Message::End { sent: u64::MAX },
+            Message::Ack { received: 0 },
+            Message::Ack { received: u64::MAX },
+        ] {
+            round_trip(message);
+        }
+        let longest = encoded(Message::AppState {
+            total: MAX_CHUNK_LEN as u32,
+            offset: 0,
+            chunk: &chunk,
+        });
+        assert_eq!(longest.len(), MAX_MESSAGE_LEN);
+    }
+
+    #[test]
+    fn kinds_and_their_bytes_agree() {
+        for kind in [Kind::Connection, Kind::AppState, Kind::End, Kind::Ack] {
+            assert_eq!(Kind::from_byte(kind.byte()), Some(kind));
+            assert!(!kind.to_string().is_empty());
+        }
+        assert_eq!(Kind::from_byte(0), None);
+        assert_eq!(Kind::from_byte(5), None);
+        assert_eq!(Kind::Connection.fds(), 1);
+        assert_eq!(Kind::End.fds(), 0);
+    }
+
+    #[test]
+    fn framing_errors_are_named() {
+        assert_eq!(decode(b""), Err(WireError::Empty));
+        assert_eq!(decode(&[1]), Err(WireError::NoKind));
+        assert_eq!(
+            decode(&[0, 1]),
+            Err(WireError::UnsupportedVersion { found: 0 })
+        );
+        assert_eq!(
+            decode(&[2, 3, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(WireError::UnsupportedVersion { found: 2 })
+        );
+        assert_eq!(decode(&[1, 0]), Err(WireError::UnknownKind { found: 0 }));
+        assert_eq!(
+            decode(&[1, 200]),
+            Err(WireError::UnknownKind { found: 200 })
+        );
+        let long = vec![1; MAX_MESSAGE_LEN + 1];
+        assert_eq!(
+            decode(&long),
+            Err(WireError::TooLong {
+                len: MAX_MESSAGE_LEN + 1
+            })
+        );
+    }
+
+    #[test]
+    fn every_cut_of_every_kind_is_short() {
+        for message in [
+            Message::Connection {
+                listener: "web",
+                state: b"st",
+            },
+            Message::AppState {
+                total: 2,
+                offset: 0,
+                chunk: b"ab",
+            },
+            Message::End { sent: 9 },
+            Message::Ack { received: 9 },
+        ] {
+            let bytes = encoded(message);
+            // An application state chunk may be cut anywhere after its
+            // header: then it is a shorter chunk, checked below.
+            let fixed = match message {
+                Message::AppState { .. } => CHUNK_HEADER_LEN,
+                _ => bytes.len(),
+            };
+            for len in 2..fixed {
+                let result = decode(&bytes[..len]);
+                assert!(
+                    matches!(result, Err(WireError::Short { kind, len: l, needed })
+                        if kind == message.kind() && l == len && needed > len),
+                    "{message:?} cut at {len}: {result:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        for message in [
+            Message::Connection {
+                listener: "web",
+                state: b"",
+            },
+            Message::End { sent: 1 },
+            Message::Ack { received: 1 },
+        ] {
+            let mut bytes = encoded(message);
+            bytes.extend_from_slice(b"xy");
+            assert_eq!(
+                decode(&bytes),
+                Err(WireError::Trailing {
+                    kind: message.kind(),
+                    extra: 2
+                })
+            );
+        }
+        // A chunk has no trailer: extra bytes make it longer than its blob.
+        let mut bytes = encoded(Message::AppState {
+            total: 2,
+            offset: 0,
+            chunk: b"ab",
+        });
+        bytes.push(b'c');
+        assert_eq!(
+            decode(&bytes),
+            Err(WireError::BadChunk {
+                total: 2,
+                offset: 0,
+                len: 3
+            })
+        );
+    }
+
+    #[test]
+    fn bad_listener_names_are_named() {
+        let cases: [(&[u8], &str); 4] = [
+            (b"", "empty"),
+            (b"a:b", "':'"),
+            (b"tab\t", "printable"),
+            ("caf\u{e9}".as_bytes(), "printable"),
+        ];
+        for (name, reason) in cases {
+            let mut bytes = vec![1, 1, name.len() as u8];
+            bytes.extend_from_slice(name);
+            bytes.extend_from_slice(&[0, 0]);
+            let err = decode(&bytes).unwrap_err();
+            assert!(
+                matches!(&err, WireError::BadListenerName { name: n, reason: r }
+                    if n == name && r.contains(reason)),
+                "{name:?}: {err:?}"
+            );
+            assert!(err.to_string().contains(reason), "{err}");
+            if let Ok(listener) = std::str::from_utf8(name) {
+                let encode = Message::Connection {
+                    listener,
+                    state: b"",
+                }
+                .encode(&mut Vec::new());
+                assert_eq!(encode, Err(err));
+            }
+        }
+        let long = "n".repeat(MAX_LISTENER_NAME_LEN + 1);
+        let mut out = vec![9];
+        let err = Message::Connection {
+            listener: &long,
+            state: b"",
+        }
+        .encode(&mut out)
+        .unwrap_err();
+        assert!(matches!(err, WireError::BadListenerName { ref name, .. }
+            if name.len() == MAX_LISTENER_NAME_LEN));
+        assert!(out.is_empty(), "a failed encode leaves nothing behind");
+    }
+
+    #[test]
+    fn oversized_fields_are_named() {
+        // A state length over the limit is refused before its bytes are
+        // looked for.
+        let mut bytes = vec![1, 1, 1, b'l'];
+        bytes.extend_from_slice(&(MAX_CONNECTION_STATE_LEN as u16 + 1).to_le_bytes());
+        assert_eq!(
+            decode(&bytes),
+            Err(WireError::ConnectionStateTooLong {
+                len: MAX_CONNECTION_STATE_LEN + 1
+            })
+        );
+        let state = vec![0; MAX_CONNECTION_STATE_LEN + 1];
+        let err = Message::Connection {
+            listener: "l",
+            state: &state,
+        }
+        .encode(&mut Vec::new());
+        assert_eq!(
+            err,
+            Err(WireError::ConnectionStateTooLong {
+                len: MAX_CONNECTION_STATE_LEN + 1
+            })
+        );
+
+        let too_big = MAX_APP_STATE_LEN as u32 + 1;
+        let mut bytes = vec![1, 2];
+        bytes.extend_from_slice(&too_big.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.push(0);
+        assert_eq!(
+            decode(&bytes),
+            Err(WireError::AppStateTooLong {
+                len: u64::from(too_big)
+            })
+        );
+        assert!(matches!(
+            app_state_chunks(&vec![0; MAX_APP_STATE_LEN + 1]),
+            Err(WireError::AppStateTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn chunks_outside_their_blob_are_refused() {
+        for (total, offset, chunk) in [
+            (4, 3, &b"ab"[..]),
+            (4, u32::MAX, b"a"),
+            (4, 0, b""),
+            (0, 1, b""),
+            (0, 0, b"a"),
+        ] {
+            let message = Message::AppState {
+                total,
+                offset,
+                chunk,
+            };
+            let expected = Err(WireError::BadChunk {
+                total,
+                offset,
+                len: chunk.len(),
+            });
+            assert_eq!(message.encode(&mut Vec::new()), expected);
+            let mut bytes = vec![1, 2];
+            bytes.extend_from_slice(&total.to_le_bytes());
+            bytes.extend_from_slice(&offset.to_le_bytes());
+            bytes.extend_from_slice(chunk);
+            assert_eq!(decode(&bytes).map(|_| ()), expected);
+        }
+        let chunk = vec![0; MAX_CHUNK_LEN + 1];
+        let message = Message::AppState {
+            total: chunk.len() as u32,
+            offset: 0,
+            chunk: &chunk,
+        };
+        assert!(matches!(
+            message.encode(&mut Vec::new()),
+            Err(WireError::BadChunk { .. })
+        ));
+    }
+
+    #[test]
+    fn blobs_split_into_chunks_that_cover_them() {
+        for len in [
+            0,
+            1,
+            MAX_CHUNK_LEN - 1,
+            MAX_CHUNK_LEN,
+            MAX_CHUNK_LEN + 1,
+            3 * MAX_CHUNK_LEN,
+        ] {
+            let blob: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut rebuilt = Vec::new();
+            let mut count = 0;
+            for message in app_state_chunks(&blob).unwrap() {
+                let Message::AppState {
+                    total,
+                    offset,
+                    chunk,
+                } = message
+                else {
+                    panic!("{message:?}");
+                };
+                assert_eq!(total as usize, len);
+                assert_eq!(offset as usize, rebuilt.len());
+                rebuilt.extend_from_slice(chunk);
+                round_trip(message);
+                count += 1;
+            }
+            assert_eq!(rebuilt, blob);
+            assert_eq!(count, len.div_ceil(MAX_CHUNK_LEN).max(1), "{len}");
+        }
+    }
+
+    #[test]
+    fn messages_say_what_was_wrong() {
+        assert_eq!(
+            WireError::UnsupportedVersion { found: 2 }.to_string(),
+            "message in format version 2, but this build speaks version 1"
+        );
+        assert_eq!(
+            WireError::Short {
+                kind: Kind::End,
+                len: 5,
+                needed: 10
+            }
+            .to_string(),
+            "end message of 5 bytes is cut short: its fields need 10"
+        );
+        assert_eq!(
+            WireError::BadListenerName {
+                name: b"a\tb".to_vec(),
+                reason: "only printable ASCII is allowed"
+            }
+            .to_string(),
+            "listener name \"a\\tb\" is not valid: only printable ASCII is allowed"
+        );
+    }
+}
