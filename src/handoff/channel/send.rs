@@ -13,7 +13,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use async_io::Async;
 
 use super::stream::AckTracker;
-use super::wire::{self, Kind, Message, MAX_MESSAGE_LEN};
+use super::wire::{self, Message, MAX_MESSAGE_LEN};
 use super::{fail_socket, invalid_data, Failure};
 use crate::shutdown::lock;
 use crate::sys::{self, scm};
@@ -108,8 +108,8 @@ enum AppStateSend {
 
 /// What one `sendmsg` carries.
 enum Outgoing<'a> {
-    /// An encoded message of this kind.
-    Encoded(&'a [u8], Kind),
+    /// An encoded message.
+    Encoded(&'a [u8]),
     /// The end marker, encoded under the lock, where the count is known.
     End,
 }
@@ -206,7 +206,7 @@ impl Sender {
         if let Err(e) = (Message::Connection { listener, state }).encode(&mut bytes) {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidInput, e)));
         }
-        self.poll_send(cx, Outgoing::Encoded(&bytes, Kind::Connection), &[fd])
+        self.poll_send(cx, Outgoing::Encoded(&bytes), &[fd])
     }
 
     /// [`poll_send_connection`](Self::poll_send_connection) as a future.
@@ -253,8 +253,7 @@ impl Sender {
             chunk
                 .encode(&mut bytes)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            last = poll_fn(|cx| self.poll_send(cx, Outgoing::Encoded(&bytes, Kind::AppState), &[]))
-                .await?;
+            last = poll_fn(|cx| self.poll_send(cx, Outgoing::Encoded(&bytes), &[])).await?;
         }
         lock(&self.shared.state).app_state = AppStateSend::Sent;
         Ok(last)
@@ -326,12 +325,12 @@ impl Sender {
         if let Some(end) = state.end {
             return match outgoing {
                 Outgoing::End => Ok(end),
-                Outgoing::Encoded(..) => Err(finished()),
+                Outgoing::Encoded(_) => Err(finished()),
             };
         }
         let mut end_bytes = Vec::new();
         let bytes = match *outgoing {
-            Outgoing::Encoded(bytes, _) => bytes,
+            Outgoing::Encoded(bytes) => bytes,
             Outgoing::End => {
                 if state.app_state == AppStateSend::Sending {
                     return Err(io::Error::new(

@@ -16,6 +16,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_io::Timer;
@@ -666,4 +667,73 @@ fn open_fds() -> usize {
     #[cfg(not(target_os = "linux"))]
     let dir = "/dev/fd";
     std::fs::read_dir(dir).unwrap().count()
+}
+
+/// Wakes nobody, counts nothing: a context to poll once by hand.
+fn noop_context() -> std::task::Context<'static> {
+    std::task::Context::from_waker(std::task::Waker::noop())
+}
+
+#[test]
+fn a_connection_is_handed_out_only_once_acknowledged() {
+    // A sender that never reads acknowledgements: once they fill its
+    // queue, the receiver holds the next connection back.
+    let (raw, mut rx) = raw_channel();
+    let probe = Probe::new();
+    let header = encode(Message::Connection {
+        listener: "l",
+        state: b"",
+    });
+    let mut handed_out = 0u64;
+    let mut blocked = false;
+    for _ in 0..10_000 {
+        scm::send_with_fds(raw.as_fd(), &header, &[probe.write_end()]).unwrap();
+        match rx.poll_recv(&mut noop_context()) {
+            Poll::Ready(Ok(Received::Connection(_))) => handed_out += 1,
+            Poll::Pending => {
+                blocked = true;
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(blocked, "the acknowledgements never filled the socket");
+    assert!(handed_out > 0);
+    // The sender was told of every connection handed out, and of no other.
+    let mut buf = vec![0u8; MAX_MESSAGE_LEN];
+    let mut last = 0;
+    loop {
+        match scm::recv_with_fds(raw.as_fd(), &mut buf, 0) {
+            Ok(got) => match wire::decode(&buf[..got.len]).unwrap() {
+                Message::Ack { received } => last = received,
+                other => panic!("{other:?}"),
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(last, handed_out);
+    // Now there is room: the held connection comes out, acknowledged.
+    let held = run(expect_connection(&mut rx));
+    let got = scm::recv_with_fds(raw.as_fd(), &mut buf, 0).unwrap();
+    assert_eq!(
+        wire::decode(&buf[..got.len]),
+        Ok(Message::Ack {
+            received: handed_out + 1
+        })
+    );
+    drop(held);
+}
+
+#[test]
+fn a_sender_that_dies_mid_blob_is_abandoned() {
+    let (raw, mut rx) = raw_channel();
+    let blob = vec![7u8; wire::MAX_CHUNK_LEN + 1];
+    let first = wire::app_state_chunks(&blob).unwrap().next().unwrap();
+    scm::send_with_fds(raw.as_fd(), &encode(first), &[]).unwrap();
+    drop(raw);
+    assert!(matches!(
+        run(rx.recv()).unwrap(),
+        Received::Abandoned { received: 1 }
+    ));
 }
