@@ -56,6 +56,30 @@
 //! without (the sender died or gave up), so a draining generation knows
 //! when nothing more is coming.
 //!
+//! # Using it
+//!
+//! The old generation, on upgrade:
+//!
+//! 1. [`pair`] before spawning; pass the second fd to the child as a named
+//!    fd and **close this process's copy once the child is spawned**, or
+//!    the sender never learns that the child died.
+//! 2. [`Sender::new`] on the first fd; keep polling [`Acks::poll_next`]
+//!    from one task (the drain) for as long as anything is in flight.
+//! 3. Each idle connection's own task calls
+//!    [`Sender::poll_send_connection`] from inside its read poll; many may
+//!    wait for room at once. The returned sequence number tells, against
+//!    the acknowledgements, who owns the connection (above).
+//! 4. Optionally [`Sender::send_app_state`], then [`Sender::finish`] once
+//!    nothing more will be sent: the end marker, and end-of-file for the
+//!    receiver whoever still holds a `Sender` clone.
+//!
+//! The new generation wraps the inherited fd in [`Receiver::new`] and
+//! polls [`Receiver::poll_recv`] (from one task) until
+//! [`Received::Finished`] or [`Received::Abandoned`], handing each
+//! [`Received::Connection`] to the listener its name gives. A draining
+//! generation goes on polling it, and forwards what arrives to its own
+//! successor, until then.
+//!
 //! # Platforms
 //!
 //! Linux, Android, FreeBSD, NetBSD, OpenBSD and DragonFly have

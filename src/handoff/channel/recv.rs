@@ -156,13 +156,12 @@ impl Receiver {
                 Err(e) => return Poll::Ready(Err(self.fail(e))),
             };
             if received.is_eof() {
-                // The sender may still be reading: tell it what was taken
-                // (the end marker, chunks) before saying how it ended.
-                return match self.poll_ack(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(self.fail(e))),
-                    Poll::Ready(Ok(())) => Poll::Ready(Ok(self.end())),
-                };
+                // The sender may still be reading: tell it, if there is
+                // room, what was taken since (the end marker, chunks). Not
+                // waiting for room: how the channel ended must not depend
+                // on a sender that stopped reading.
+                let _ = self.poll_ack(cx);
+                return Poll::Ready(Ok(self.end()));
             }
             if let Some(e) = transport_error(&received) {
                 return Poll::Ready(Err(self.fail(invalid_data(e))));
