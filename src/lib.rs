@@ -101,6 +101,13 @@ pub mod fuzz_bridge {
         SD_LISTEN_FDS_START,
     };
     pub use crate::handoff::ready::{ReadyError, ReadyReader, ReadyStatus, READY_MESSAGE};
+
+    pub use crate::handoff::channel::stream::{AckTracker, Delivery, Ending, Inbound, StreamError};
+    pub use crate::handoff::channel::wire::{
+        app_state_chunks, check_listener_name, decode, Kind, Message, WireError, CHUNK_HEADER_LEN,
+        MAX_APP_STATE_LEN, MAX_CHUNK_LEN, MAX_CONNECTION_STATE_LEN, MAX_LISTENER_NAME_LEN,
+        MAX_MESSAGE_LEN, VERSION,
+    };
 }
 pub use handoff::Upgrader;
 pub use shutdown::{Guard, Phase, Reason, Shutdown};

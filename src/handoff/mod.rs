@@ -80,6 +80,7 @@ use rustix::net::{AddressFamily, SocketType};
 use crate::shutdown::{lock, PhaseHook, Shutdown};
 use crate::sys;
 
+pub(crate) mod channel;
 pub(crate) mod env;
 mod fds;
 mod inherit;

@@ -6,6 +6,7 @@
 
 mod fd;
 pub(crate) mod process;
+pub(crate) mod scm;
 mod socket;
 
 pub(crate) use fd::*;
