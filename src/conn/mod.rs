@@ -300,12 +300,14 @@ impl Shared {
     }
 
     pub(crate) fn register(&self, fd: &impl AsFd) -> (u64, Arc<ConnState>) {
-        let conn = Arc::new(ConnState::new(fd.as_fd().as_raw_fd(), NEW));
+        let fd = fd.as_fd();
+        let socket = sys::socket_id(fd);
+        let conn = Arc::new(ConnState::new(fd.as_raw_fd(), socket, NEW));
         self.counts[NEW as usize].fetch_add(1, Ordering::SeqCst);
         let id = self.registry.insert(conn.clone());
         // Registered after the stop sweep ran: stop it ourselves.
         if self.shutdown.is_stopped() {
-            let _ = sys::shutdown(fd.as_fd(), sys::How::Both);
+            let _ = sys::shutdown(fd, sys::How::Both);
         }
         (id, conn)
     }

@@ -1,30 +1,28 @@
 //! The set of live connections, so a drain can reach connections whose
 //! tasks are not running (an idle keep-alive connection waiting in `read`).
 //!
-//! # Safety
-//!
-//! The registry keeps raw fd numbers, not owned fds, so that tracking a
-//! connection costs no extra descriptor. That is sound because of one
-//! invariant, kept by [`Registration`](super::stream): an fd is in the
-//! registry only while the stream that owns it is alive, and the owner
-//! removes it (under the registry lock) *before* the stream is dropped and
-//! the fd closed. Every use of a raw fd below happens under that same lock,
-//! so the fd can neither be closed nor reused by another socket meanwhile.
-#![allow(unsafe_code)]
+//! The registry keeps each connection's fd *number*, not an owned fd, so
+//! that tracking costs no extra descriptor. A number alone proves nothing:
+//! the stream may have closed that socket (an `AsFd` impl may answer with a
+//! different fd later), and the number may name someone else's socket since.
+//! So the registry also keeps the socket's identity (device and inode) taken
+//! at registration, and acts only on a duplicate that still has it
+//! ([`sys::dup_if_same`]).
 
 use std::collections::HashMap;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsFd, RawFd};
 use std::sync::atomic::{AtomicU8, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
 use crate::shutdown::lock;
-use crate::sys;
+use crate::sys::{self, SocketId};
 
 /// Per-connection state shared between a stream and the registry.
 #[derive(Debug)]
 pub(crate) struct ConnState {
-    /// Invariant: open for as long as this entry is in the registry.
+    /// The number the socket had at registration, and the socket's identity.
     fd: RawFd,
+    socket: SocketId,
     pub(crate) state: AtomicU8,
     /// Live [`BusyGuard`](super::BusyGuard)s.
     pub(crate) busy_guards: AtomicUsize,
@@ -34,12 +32,20 @@ pub(crate) struct ConnState {
 }
 
 impl ConnState {
-    pub(crate) fn new(fd: RawFd, state: u8) -> Self {
+    pub(crate) fn new(fd: RawFd, socket: SocketId, state: u8) -> Self {
         ConnState {
             fd,
+            socket,
             state: AtomicU8::new(state),
             busy_guards: AtomicUsize::new(0),
             reader: atomic_waker::AtomicWaker::new(),
+        }
+    }
+
+    /// Runs `act` on the connection's socket, if its number still names it.
+    fn with_socket(&self, act: impl FnOnce(std::os::fd::BorrowedFd<'_>)) {
+        if let Some(fd) = sys::dup_if_same(self.fd, self.socket) {
+            act(fd.as_fd());
         }
     }
 }
@@ -64,17 +70,14 @@ impl Registry {
         id
     }
 
-    /// Must be called before the connection's fd is closed. With `discard`,
-    /// first throws away what is queued, so the close sends no RST.
+    /// With `discard`, first throws away what is queued on the connection's
+    /// socket, so the close that follows sends no RST.
     pub(crate) fn remove(&self, id: u64, discard: bool) {
-        let mut conns = lock(&self.conns);
-        if let Some(conn) = conns.map.remove(&id) {
-            if discard {
-                // SAFETY: the entry was registered until just now and the
-                // lock is held, so its fd is still open and its own.
-                let fd = unsafe { BorrowedFd::borrow_raw(conn.fd) };
+        let conn = lock(&self.conns).map.remove(&id);
+        if let (Some(conn), true) = (conn, discard) {
+            conn.with_socket(|fd| {
                 sys::discard_queued(fd);
-            }
+            });
         }
     }
 
@@ -87,12 +90,12 @@ impl Registry {
 
     /// Shuts every connection down both ways: the deadline has passed.
     pub(crate) fn shutdown_all(&self) {
-        for conn in lock(&self.conns).map.values() {
-            // SAFETY: the registry lock is held and `conn` is registered, so
-            // by the module invariant its fd is open and still its own.
-            let fd = unsafe { BorrowedFd::borrow_raw(conn.fd) };
+        let conns: Vec<_> = lock(&self.conns).map.values().cloned().collect();
+        for conn in conns {
             // Failure means the peer is already gone: nothing to stop.
-            let _ = sys::shutdown(fd, sys::How::Both);
+            conn.with_socket(|fd| {
+                let _ = sys::shutdown(fd, sys::How::Both);
+            });
         }
     }
 }

@@ -42,8 +42,8 @@ pin_project! {
     /// Made by [`TrackedListener::accept`](super::TrackedListener::accept) or
     /// [`Tracker::track`](super::Tracker::track).
     pub struct Tracked<S> {
-        // Declared first so it is dropped first: it unregisters the fd before
-        // `stream` closes it (the registry's safety invariant).
+        // Declared first so it is dropped first: it discards what is queued
+        // (while draining) before `stream` closes the socket.
         reg: Registration,
         #[pin]
         stream: S,
