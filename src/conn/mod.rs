@@ -33,7 +33,8 @@ mod listener;
 mod registry;
 mod stream;
 
-pub use listener::{Accept, Accepted, TrackedListener};
+pub use async_io::Async;
+pub use listener::{Accept, Accepted, Incoming, TrackedListener};
 pub use stream::{BusyGuard, Tracked};
 
 use registry::{ConnState, Registry};
@@ -58,11 +59,12 @@ pub enum Policy {
 /// ```
 /// use std::time::Duration;
 /// use seamless::conn::{Config, Policy};
+/// use seamless::{Shutdown, Tracker};
 ///
 /// let config = Config::default()
 ///     .first_byte_grace(Duration::from_millis(500))
 ///     .policy(Policy::Manual);
-/// assert_eq!(config.get_first_byte_grace(), Duration::from_millis(500));
+/// let tracker = Tracker::with_config(&Shutdown::new(), config);
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
@@ -123,25 +125,6 @@ impl Config {
         self
     }
 
-    /// The first-byte grace in force.
-    pub fn get_first_byte_grace(&self) -> Duration {
-        self.first_byte_grace
-    }
-
-    /// The idle grace in force.
-    pub fn get_idle_grace(&self) -> Duration {
-        self.idle_grace
-    }
-
-    /// The linger time in force.
-    pub fn get_linger(&self) -> Duration {
-        self.linger
-    }
-
-    /// The policy in force.
-    pub fn get_policy(&self) -> Policy {
-        self.policy
-    }
 }
 
 /// A snapshot of the tracker's connection counts.
@@ -263,11 +246,6 @@ impl Tracker {
     /// The coordinator this tracker drains with.
     pub fn shutdown(&self) -> &Shutdown {
         &self.shared.shutdown
-    }
-
-    /// The configuration in force.
-    pub fn config(&self) -> Config {
-        self.shared.config
     }
 
     /// Reports drain progress: waits until draining starts, then calls

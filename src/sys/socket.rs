@@ -97,6 +97,8 @@ impl SocketId {
 /// it cannot be told.
 pub(crate) fn socket_id(fd: BorrowedFd<'_>) -> SocketId {
     match rustix::fs::fstat(fd) {
+        // The field types differ across platforms.
+        #[allow(clippy::unnecessary_cast)]
         Ok(stat) => SocketId {
             dev: stat.st_dev as u64,
             ino: stat.st_ino as u64,
