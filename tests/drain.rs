@@ -7,11 +7,10 @@
 //! (`smol::spawn` + `smol::block_on`).
 //!
 //! Tests synchronise on events: channels, counters reaching a value, sockets
-//! answering. Every wait is bounded by [`LIMIT`] and fails the test when it is
+//! answering. Every wait is bounded by `common::LIMIT` and fails the test when it is
 //! exceeded. The only timed pauses are observation windows for "this must
 //! *not* happen" checks.
 
-use std::future::Future;
 use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -27,8 +26,9 @@ use seamless::conn::{Config, Counts, Policy};
 use seamless::{Phase, Shutdown, Tracked, TrackedListener, Tracker};
 use smol::channel::{self, Receiver};
 
-/// Any single wait longer than this fails the test.
-const LIMIT: Duration = Duration::from_secs(20);
+mod common;
+use common::{counts, wait_counts, wait_exact, within};
+
 /// How much later than planned a timed event may come and still pass.
 const SLACK: Duration = Duration::from_secs(5);
 const GRACE: Duration = Duration::from_millis(300);
@@ -65,45 +65,6 @@ fn server(config: Config) -> Server {
         listener,
         addr,
     }
-}
-
-/// Awaits `fut`, failing the test if it takes longer than [`LIMIT`].
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    future::or(fut, async {
-        Timer::after(LIMIT).await;
-        panic!("timed out after {LIMIT:?}: {what}")
-    })
-    .await
-}
-
-fn counts(new: usize, busy: usize, idle: usize, closing: usize) -> Counts {
-    Counts {
-        total: new + busy + idle + closing,
-        new,
-        busy,
-        idle,
-        closing,
-    }
-}
-
-/// Waits until the tracker's counts satisfy `done` (bounded by [`LIMIT`]).
-async fn wait_counts(tracker: &Tracker, what: &str, done: impl Fn(&Counts) -> bool) -> Counts {
-    let start = Instant::now();
-    loop {
-        let now = tracker.counts();
-        if done(&now) {
-            return now;
-        }
-        assert!(
-            start.elapsed() < LIMIT,
-            "timed out after {LIMIT:?} waiting for {what}; counts are {now:?}"
-        );
-        Timer::after(Duration::from_millis(2)).await;
-    }
-}
-
-async fn wait_exact(tracker: &Tracker, expected: Counts) {
-    wait_counts(tracker, &format!("{expected:?}"), |c| *c == expected).await;
 }
 
 async fn accept_one(listener: &mut Listener) -> Conn {

@@ -29,11 +29,13 @@ use std::time::{Duration, Instant};
 use crate::shutdown::{PhaseHook, Shutdown};
 use crate::sys;
 
+mod handle;
 mod listener;
 mod registry;
 mod stream;
 
 pub use async_io::Async;
+pub use handle::{ConnHandle, Ending};
 pub use listener::{Accept, Accepted, Incoming, TrackedListener};
 pub use stream::{BusyGuard, Tracked};
 
@@ -124,7 +126,6 @@ impl Config {
         self.policy = policy;
         self
     }
-
 }
 
 /// A snapshot of the tracker's connection counts.
@@ -296,6 +297,21 @@ impl Shared {
         if from != GONE {
             self.counts[from as usize].fetch_sub(1, Ordering::SeqCst);
         }
+        // Whoever awaits the end through a handle is not left waiting.
+        conn.end(Ending::Close);
+    }
+
+    /// Moves `conn` from exactly `from` to `to`; says whether it did.
+    pub(crate) fn set_state_from(&self, conn: &ConnState, from: u8, to: u8) -> bool {
+        let moved = conn
+            .state
+            .compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if moved && from != to {
+            self.counts[from as usize].fetch_sub(1, Ordering::SeqCst);
+            self.counts[to as usize].fetch_add(1, Ordering::SeqCst);
+        }
+        moved
     }
 
     /// Moves `conn` to `to`, keeping the counts right even when a busy guard

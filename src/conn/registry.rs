@@ -11,9 +11,10 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, RawFd};
-use std::sync::atomic::{AtomicU8, AtomicUsize};
+use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::Ending;
 use crate::shutdown::lock;
 use crate::sys::{self, SocketId};
 
@@ -27,9 +28,21 @@ pub(crate) struct ConnState {
     /// Live [`BusyGuard`](super::BusyGuard)s.
     pub(crate) busy_guards: AtomicUsize,
     /// The connection's pending read, woken when it must look at its state
-    /// again: the drain started, or the last busy guard was dropped.
+    /// again: the drain started, the last busy guard or handle was dropped,
+    /// a blocked write went through.
     pub(crate) reader: atomic_waker::AtomicWaker,
+    /// Live [`ConnHandle`](super::ConnHandle)s: while there are any, the
+    /// drain gives the application a chance to say goodbye before our FIN.
+    pub(crate) handles: AtomicU32,
+    /// How the connection ends, once that is decided (an [`Ending`] as
+    /// `u8`, or [`NOT_ENDING`]); set once.
+    ending: AtomicU8,
+    /// Notified when `ending` is set. Allocates only once somebody listens.
+    ending_set: event_listener::Event,
 }
+
+/// `ConnState::ending` before the end is decided.
+const NOT_ENDING: u8 = u8::MAX;
 
 impl ConnState {
     pub(crate) fn new(fd: RawFd, socket: SocketId, state: u8) -> Self {
@@ -39,6 +52,40 @@ impl ConnState {
             state: AtomicU8::new(state),
             busy_guards: AtomicUsize::new(0),
             reader: atomic_waker::AtomicWaker::new(),
+            handles: AtomicU32::new(0),
+            ending: AtomicU8::new(NOT_ENDING),
+            ending_set: event_listener::Event::new(),
+        }
+    }
+
+    /// Decides how the connection ends, unless that is decided already, and
+    /// tells whoever awaits it.
+    pub(crate) fn end(&self, ending: Ending) {
+        let set = self
+            .ending
+            .compare_exchange(NOT_ENDING, ending as u8, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if set {
+            self.ending_set.notify(usize::MAX);
+        }
+    }
+
+    /// How the connection ends, if that is decided.
+    pub(crate) fn ending(&self) -> Option<Ending> {
+        Ending::from_u8(self.ending.load(Ordering::SeqCst))
+    }
+
+    /// Waits until how the connection ends is decided.
+    pub(crate) async fn ended(&self) -> Ending {
+        loop {
+            if let Some(ending) = self.ending() {
+                return ending;
+            }
+            let listener = self.ending_set.listen();
+            if let Some(ending) = self.ending() {
+                return ending;
+            }
+            listener.await;
         }
     }
 
@@ -92,6 +139,7 @@ impl Registry {
     pub(crate) fn shutdown_all(&self) {
         let conns: Vec<_> = lock(&self.conns).map.values().cloned().collect();
         for conn in conns {
+            conn.end(Ending::Close);
             // Failure means the peer is already gone: nothing to stop.
             conn.with_socket(|fd| {
                 let _ = sys::shutdown(fd, sys::How::Both);
