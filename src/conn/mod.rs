@@ -7,6 +7,14 @@
 //!   **Idle**, and at drain ends idle connections: the application's pending
 //!   `read` returns `Ok(0)` after a lingering close.
 //! - The [`Tracker`] ties them to a [`Shutdown`] and counts connections.
+//! - A [`ConnHandle`], taken from a stream before a protocol layer (TLS)
+//!   wraps it, lets that layer say goodbye before the drain's FIN, and mark a
+//!   handshake done.
+//!
+//! [`Accept`] is implemented for async-io's (and smol's) listeners,
+//! async-net's (as `Arc<Async<_>>`) and any stream of connections
+//! ([`Incoming`]); async-std's listeners convert into std's. [`Async`] is
+//! re-exported, so none of these needs a direct async-io dependency.
 //!
 //! Nothing here spawns a task. The drain wakes each connection's pending
 //! read (a lock-free waker slot per connection), and the close and its timers
@@ -42,17 +50,54 @@ pub use stream::{BusyGuard, Tracked};
 use registry::{ConnState, Registry};
 
 /// How a connection's Busy/Idle state is decided.
+///
+/// # What the automatic policy assumes
+///
+/// It sees only the transport: reads that return data, bytes written, reads
+/// that find nothing. A connection is **Busy** from a read that returns data,
+/// and **Idle** once bytes were written since then, no write or flush is
+/// still blocked, and a read of the transport finds nothing. That is right
+/// when every request is answered by one response, written without pauses,
+/// and the application reads again only when it wants the next request. It
+/// holds through stacks that:
+///
+/// - flush with nothing buffered or write zero bytes (neither is a response);
+/// - split a response over many writes, or write vectored;
+/// - block on a write or flush while polling a read (a response still on its
+///   way out is not done);
+/// - read ahead into a buffer they serve from before reading the transport
+///   again (a `BufReader`): the second request stays Busy;
+/// - wrap the stream in a handshake, once the handshake is declared done
+///   with [`ConnHandle::handshake_done`] (TLS: otherwise the handshake looks
+///   like a request and its response, and the connection counts as Idle).
+///
+/// It is wrong, and needs a [`BusyGuard`] held while a request is handled (or
+/// the manual policy), when:
+///
+/// - a response is written in pieces with pauses while a read is pending
+///   (streaming, server-sent events, long polling, a slow body, hyper's
+///   chunked bodies): Idle mid-response, and a drain may close it;
+/// - something is written before the request is complete, while a read is
+///   pending: an interim `100 Continue` before the body, a TLS layer's own
+///   write (a `KeyUpdate` answer), an HTTP/2 or WebSocket control frame;
+/// - a stack polls the transport while it serves a request it read ahead
+///   (hyper with pipelined HTTP/1 requests, HTTP/2 streams);
+/// - a read brings a message that gets no answer (a stray CRLF between
+///   HTTP/1 requests, a TLS `KeyUpdate`, an HTTP/2 `WINDOW_UPDATE`): the
+///   connection is Busy until its next response, so a drain waits for it
+///   until the deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
     /// A read that returns data makes the connection Busy; bytes written
-    /// since then, followed by a read that finds nothing, make it Idle. A
-    /// flush or a zero-length write is not a response and changes nothing.
-    /// Right for request/response protocols such as HTTP/1.
+    /// since then, followed by a read that finds nothing, make it Idle (see
+    /// above for exactly when). Right for request/response protocols such as
+    /// HTTP/1.
     #[default]
     Automatic,
     /// The connection is Busy exactly while the application holds a
-    /// [`BusyGuard`] (see [`Tracked::busy`]). For streaming, server push or
-    /// pipelined RPC, where the automatic heuristic would be wrong.
+    /// [`BusyGuard`] (see [`Tracked::busy`], [`ConnHandle::busy`]). For
+    /// streaming, server push or pipelined RPC, where the automatic heuristic
+    /// would be wrong.
     Manual,
 }
 
