@@ -323,7 +323,7 @@ impl Shared {
         *self.drain_started.get_or_init(Instant::now)
     }
 
-    pub(crate) fn register(&self, fd: &impl AsFd) -> (u64, Arc<ConnState>) {
+    pub(crate) fn register(&self, fd: &impl AsFd) -> (u32, Arc<ConnState>) {
         let fd = fd.as_fd();
         let socket = sys::socket_id(fd);
         let conn = Arc::new(ConnState::new(fd.as_raw_fd(), socket, NEW));
@@ -336,7 +336,7 @@ impl Shared {
         (id, conn)
     }
 
-    pub(crate) fn unregister(&self, id: u64, conn: &ConnState, discard: bool) {
+    pub(crate) fn unregister(&self, id: u32, conn: &ConnState, discard: bool) {
         self.registry.remove(id, discard);
         let from = conn.state.swap(GONE, Ordering::SeqCst);
         if from != GONE {

@@ -9,9 +9,8 @@
 //! at registration, and acts only on a duplicate that still has it
 //! ([`sys::dup_if_same`]).
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, RawFd};
-use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::Ending;
@@ -26,7 +25,7 @@ pub(crate) struct ConnState {
     socket: SocketId,
     pub(crate) state: AtomicU8,
     /// Live [`BusyGuard`](super::BusyGuard)s.
-    pub(crate) busy_guards: AtomicUsize,
+    pub(crate) busy_guards: AtomicU32,
     /// The connection's pending read, woken when it must look at its state
     /// again: the drain started, the last busy guard or handle was dropped,
     /// a blocked write went through.
@@ -50,7 +49,7 @@ impl ConnState {
             fd,
             socket,
             state: AtomicU8::new(state),
-            busy_guards: AtomicUsize::new(0),
+            busy_guards: AtomicU32::new(0),
             reader: atomic_waker::AtomicWaker::new(),
             handles: AtomicU32::new(0),
             ending: AtomicU8::new(NOT_ENDING),
@@ -102,25 +101,41 @@ pub(crate) struct Registry {
     conns: Mutex<Conns>,
 }
 
+/// A slab: a connection's id is its slot, reused once it is removed. (A
+/// pointer a slot, where a map would cost twice that per connection.)
 #[derive(Debug, Default)]
 struct Conns {
-    next_id: u64,
-    map: HashMap<u64, Arc<ConnState>>,
+    slots: Vec<Option<Arc<ConnState>>>,
+    free: Vec<u32>,
 }
 
 impl Registry {
-    pub(crate) fn insert(&self, conn: Arc<ConnState>) -> u64 {
+    pub(crate) fn insert(&self, conn: Arc<ConnState>) -> u32 {
         let mut conns = lock(&self.conns);
-        let id = conns.next_id;
-        conns.next_id += 1;
-        conns.map.insert(id, conn);
-        id
+        match conns.free.pop() {
+            Some(id) => {
+                conns.slots[id as usize] = Some(conn);
+                id
+            }
+            None => {
+                conns.slots.push(Some(conn));
+                // More than 4 billion connections at once cannot be open.
+                (conns.slots.len() - 1) as u32
+            }
+        }
     }
 
     /// With `discard`, first throws away what is queued on the connection's
     /// socket, so the close that follows sends no RST.
-    pub(crate) fn remove(&self, id: u64, discard: bool) {
-        let conn = lock(&self.conns).map.remove(&id);
+    pub(crate) fn remove(&self, id: u32, discard: bool) {
+        let conn = {
+            let mut conns = lock(&self.conns);
+            let conn = conns.slots.get_mut(id as usize).and_then(Option::take);
+            if conn.is_some() {
+                conns.free.push(id);
+            }
+            conn
+        };
         if let (Some(conn), true) = (conn, discard) {
             conn.with_socket(|fd| {
                 sys::discard_queued(fd);
@@ -130,14 +145,14 @@ impl Registry {
 
     /// Wakes every connection's pending read.
     pub(crate) fn wake_all(&self) {
-        for conn in lock(&self.conns).map.values() {
+        for conn in lock(&self.conns).slots.iter().flatten() {
             conn.reader.wake();
         }
     }
 
     /// Shuts every connection down both ways: the deadline has passed.
     pub(crate) fn shutdown_all(&self) {
-        let conns: Vec<_> = lock(&self.conns).map.values().cloned().collect();
+        let conns: Vec<_> = lock(&self.conns).slots.iter().flatten().cloned().collect();
         for conn in conns {
             conn.end(Ending::Close);
             // Failure means the peer is already gone: nothing to stop.

@@ -140,7 +140,7 @@ enum Close {
 struct Registration {
     shared: Arc<Shared>,
     conn: Arc<ConnState>,
-    id: u64,
+    id: u32,
     detached: bool,
     _guard: Guard,
 }
