@@ -410,6 +410,11 @@ fn goodbye_falls_back_to_the_close_after_the_linger_time() {
         Some(Ending::Close),
         "the handle was not told"
     );
+    // A busy guard taken now does not bring a closing connection back.
+    let guard = other.busy();
+    assert_eq!(state(&tracker), "closing");
+    drop(guard);
+    assert_eq!(state(&tracker), "closing");
     peer.set_nonblocking(true).expect("nonblocking");
     let peek = peer.read(&mut [0u8; 8]).map_err(|e| e.kind());
     assert_eq!(

@@ -550,7 +550,9 @@ impl fmt::Debug for BusyGuard {
 impl BusyGuard {
     pub(crate) fn new(shared: &Arc<Shared>, conn: &Arc<ConnState>) -> Self {
         if conn.busy_guards.fetch_add(1, Ordering::SeqCst) == 0 {
-            shared.set_state(conn, BUSY);
+            // A connection already closing stays closing.
+            let _ =
+                shared.set_state_from(conn, NEW, BUSY) || shared.set_state_from(conn, IDLE, BUSY);
         }
         BusyGuard {
             shared: shared.clone(),
@@ -565,7 +567,7 @@ impl Drop for BusyGuard {
             return;
         }
         if self.shared.config.policy == Policy::Manual {
-            self.shared.set_state(&self.conn, IDLE);
+            self.shared.set_state_from(&self.conn, BUSY, IDLE);
         }
         // The pending read looks again: the connection may be idle now, and
         // if draining, it ends.
