@@ -434,6 +434,7 @@ fn poll_linger<S: AsyncRead + AsFd>(
 
 /// Notes how a write or flush went: bytes written, or still blocked.
 fn on_write<T>(
+    shared: &Shared,
     conn: &ConnState,
     wrote: &mut bool,
     write_blocked: &mut bool,
@@ -443,8 +444,9 @@ fn on_write<T>(
     match &polled {
         Poll::Pending => *write_blocked = true,
         Poll::Ready(result) => {
-            if std::mem::take(write_blocked) {
-                // A read waiting on the response to finish looks again.
+            // A read the drain holds off while the response finishes looks
+            // again (outside a drain, nothing waits on it).
+            if std::mem::take(write_blocked) && shared.shutdown.is_draining() {
                 conn.reader.wake();
             }
             if let Ok(value) = result {
@@ -464,6 +466,7 @@ impl<S: AsyncRead + AsyncWrite + AsFd> AsyncWrite for Tracked<S> {
         let this = self.project();
         let polled = this.stream.poll_write(cx, buf);
         on_write(
+            &this.reg.shared,
             &this.reg.conn,
             this.wrote,
             this.write_blocked,
@@ -480,6 +483,7 @@ impl<S: AsyncRead + AsyncWrite + AsFd> AsyncWrite for Tracked<S> {
         let this = self.project();
         let polled = this.stream.poll_write_vectored(cx, bufs);
         on_write(
+            &this.reg.shared,
             &this.reg.conn,
             this.wrote,
             this.write_blocked,
@@ -495,6 +499,7 @@ impl<S: AsyncRead + AsyncWrite + AsFd> AsyncWrite for Tracked<S> {
         let this = self.project();
         let polled = this.stream.poll_flush(cx);
         on_write(
+            &this.reg.shared,
             &this.reg.conn,
             this.wrote,
             this.write_blocked,
