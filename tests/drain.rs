@@ -14,6 +14,7 @@
 use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures_lite::future;
 use futures_lite::io::BufReader;
 use futures_lite::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use seamless::conn::{Config, Counts, Incoming, Policy};
+use seamless::conn::{Accepted, Config, Counts, Incoming, Policy};
 use seamless::{Phase, Shutdown, Tracked, TrackedListener, Tracker};
 use smol::channel::{self, Receiver};
 
@@ -1023,6 +1024,42 @@ async fn read_ahead_request_in_flight_completes() {
     assert_no_reset(&client);
 }
 
+/// `TrackedListener::close` stops accepting at once, draining or not; and
+/// `Tracked::into_inner` lets a connection leave untracked and untouched:
+/// no count, no discard of what is queued, even while draining.
+async fn listener_close_and_detach() {
+    let Server {
+        shutdown,
+        tracker,
+        mut listener,
+        addr,
+    } = server(config());
+    let mut client = connect(addr).await;
+    let accepted: Accepted<Async<TcpListener>> = within("accept", listener.accept())
+        .await
+        .expect("accept")
+        .expect("not draining");
+    let (conn, _peer) = accepted;
+    assert_eq!(conn.shutdown().phase(), Phase::Running);
+    listener.close();
+    assert!(listener.get_ref().is_none());
+    assert!(listener.accept().await.expect("accept").is_none());
+    let refused = TcpStream::connect(addr).expect_err("the listener is closed");
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+
+    client.write_all(b"queued\n").await.expect("send");
+    shutdown.graceful(DEADLINE);
+    wait_exact(&tracker, counts(1, 0, 0, 0)).await;
+    let mut raw = conn.into_inner();
+    assert_eq!(tracker.counts(), Counts::default());
+    let mut buf = [0; 7];
+    within("queued bytes", raw.read_exact(&mut buf))
+        .await
+        .expect("read");
+    assert_eq!(&buf, b"queued\n");
+    within("stopped", shutdown.stopped()).await;
+}
+
 /// async-net's listener (smol's `net`) converts into `Arc<Async<_>>`, which
 /// a tracker takes as it is; the drain closes it.
 async fn async_net_listener_is_tracked() {
@@ -1050,6 +1087,19 @@ async fn async_net_listener_is_tracked() {
     let refused = TcpStream::connect(addr).expect_err("the listener is closed");
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
     within("stopped", shutdown.stopped()).await;
+
+    // Unix sockets the same way.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lines.sock");
+    let tracker = Tracker::new(&Shutdown::new());
+    let listener = smol::net::unix::UnixListener::bind(&path).expect("bind");
+    let mut listener = tracker.listen(Arc::<Async<UnixListener>>::from(listener));
+    let _client = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+    let (_conn, _peer) = within("accept", listener.accept())
+        .await
+        .expect("accept")
+        .expect("not draining");
+    assert_eq!(tracker.counts(), counts(1, 0, 0, 0));
 }
 
 /// Any stream of connections: `Incoming` over a stream that owns its
@@ -1126,6 +1176,7 @@ executors!(
     immediate_goes_straight_to_stopped,
     close_is_a_lingering_close,
     read_ahead_request_in_flight_completes,
+    listener_close_and_detach,
     async_net_listener_is_tracked,
     incoming_stream_is_tracked,
 );
