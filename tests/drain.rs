@@ -7,15 +7,16 @@
 //! (`smol::spawn` + `smol::block_on`).
 //!
 //! Tests synchronise on events: channels, counters reaching a value, sockets
-//! answering. Every wait is bounded by [`LIMIT`] and fails the test when it is
+//! answering. Every wait is bounded by `common::LIMIT` and fails the test when it is
 //! exceeded. The only timed pauses are observation windows for "this must
 //! *not* happen" checks.
 
-use std::future::Future;
 use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
@@ -23,12 +24,13 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures_lite::future;
 use futures_lite::io::BufReader;
 use futures_lite::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use seamless::conn::{Config, Counts, Policy};
+use seamless::conn::{Accepted, Config, Counts, Incoming, Policy};
 use seamless::{Phase, Shutdown, Tracked, TrackedListener, Tracker};
 use smol::channel::{self, Receiver};
 
-/// Any single wait longer than this fails the test.
-const LIMIT: Duration = Duration::from_secs(20);
+mod common;
+use common::{counts, wait_counts, wait_exact, within};
+
 /// How much later than planned a timed event may come and still pass.
 const SLACK: Duration = Duration::from_secs(5);
 const GRACE: Duration = Duration::from_millis(300);
@@ -65,45 +67,6 @@ fn server(config: Config) -> Server {
         listener,
         addr,
     }
-}
-
-/// Awaits `fut`, failing the test if it takes longer than [`LIMIT`].
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    future::or(fut, async {
-        Timer::after(LIMIT).await;
-        panic!("timed out after {LIMIT:?}: {what}")
-    })
-    .await
-}
-
-fn counts(new: usize, busy: usize, idle: usize, closing: usize) -> Counts {
-    Counts {
-        total: new + busy + idle + closing,
-        new,
-        busy,
-        idle,
-        closing,
-    }
-}
-
-/// Waits until the tracker's counts satisfy `done` (bounded by [`LIMIT`]).
-async fn wait_counts(tracker: &Tracker, what: &str, done: impl Fn(&Counts) -> bool) -> Counts {
-    let start = Instant::now();
-    loop {
-        let now = tracker.counts();
-        if done(&now) {
-            return now;
-        }
-        assert!(
-            start.elapsed() < LIMIT,
-            "timed out after {LIMIT:?} waiting for {what}; counts are {now:?}"
-        );
-        Timer::after(Duration::from_millis(2)).await;
-    }
-}
-
-async fn wait_exact(tracker: &Tracker, expected: Counts) {
-    wait_counts(tracker, &format!("{expected:?}"), |c| *c == expected).await;
 }
 
 async fn accept_one(listener: &mut Listener) -> Conn {
@@ -273,7 +236,6 @@ async fn accept_ends_and_listener_closes() {
     .await;
     assert_eq!(accepted, 0);
     assert!(listener.get_ref().is_none(), "the listener is still open");
-    assert!(listener.as_fd().is_none(), "the listener fd is still open");
 
     // The listener value still exists, yet nobody listens on the port.
     let refused = within("connect", Async::<TcpStream>::connect(addr))
@@ -979,6 +941,204 @@ async fn immediate_goes_straight_to_stopped() {
     within("stopped", shutdown.stopped()).await;
 }
 
+/// `close()` is a lingering close: the peer gets the whole response and
+/// EOF, bytes it sends afterwards are swallowed (no RST), and the close ends
+/// at the peer's FIN.
+async fn close_is_a_lingering_close() {
+    let linger = Duration::from_secs(10);
+    let Server {
+        tracker,
+        mut listener,
+        addr,
+        ..
+    } = server(config().linger(linger));
+    let server = async {
+        let mut conn = accept_one(&mut listener).await;
+        let mut buf = [0; 6];
+        conn.read_exact(&mut buf).await.expect("request");
+        conn.write_all(b"bye\n").await.expect("response");
+        let start = Instant::now();
+        conn.close().await.expect("close");
+        let took = start.elapsed();
+        assert_eq!(conn.read(&mut buf).await.expect("read after close"), 0);
+        drop(conn);
+        took
+    };
+    let client = async {
+        let mut client = connect(addr).await;
+        client.write_all(b"hello\n").await.expect("send");
+        expect_reply(&mut client, "bye\n").await;
+        let mut buf = [0; 8];
+        assert_eq!(within("FIN", client.read(&mut buf)).await.expect("EOF"), 0);
+        client.write_all(b"late\n").await.expect("write after FIN");
+        wait_counts(&tracker, "closing", |c| c.closing == 1).await;
+        client
+            .get_ref()
+            .shutdown(std::net::Shutdown::Write)
+            .expect("our FIN");
+        client
+    };
+    let (took, client) = within("scenario", future::zip(server, client)).await;
+    assert!(
+        took < linger / 2,
+        "lingered {took:?}: the peer's FIN should end it"
+    );
+    assert_no_reset(&client);
+    assert_eq!(tracker.counts(), Counts::default());
+}
+
+/// Read ahead: two requests in one segment, the second in flight when the
+/// drain starts. The `BufReader` reads both in one read of the transport and
+/// serves the second from its buffer: the connection stays busy (no read of
+/// the transport happens meanwhile), the second is answered, and then the
+/// connection is closed cleanly.
+async fn read_ahead_request_in_flight_completes() {
+    let Server {
+        shutdown,
+        tracker,
+        mut listener,
+        addr,
+    } = server(config().idle_grace(Duration::ZERO));
+    let (release, released) = channel::bounded(1);
+    let client = async {
+        let mut client = connect(addr).await;
+        client.write_all(b"first\nhold 2\n").await.expect("send");
+        expect_reply(&mut client, "first\n").await;
+        wait_exact(&tracker, counts(0, 1, 0, 0)).await;
+        shutdown.graceful(DEADLINE);
+        // An observation window: the drain must leave it alone.
+        Timer::after(GRACE).await;
+        assert_eq!(tracker.counts(), counts(0, 1, 0, 0));
+        release.send(()).await.expect("release");
+        expect_reply(&mut client, "hold 2\n").await;
+        expect_eof(&mut client).await;
+        within("stopped", shutdown.stopped()).await;
+        client
+    };
+    let (served, client) = within(
+        "scenario",
+        future::zip(serve(&mut listener, Some(released)), client),
+    )
+    .await;
+    assert_eq!(served, [2]);
+    assert_no_reset(&client);
+}
+
+/// `TrackedListener::close` stops accepting at once, draining or not; and
+/// `Tracked::into_inner` lets a connection leave untracked and untouched:
+/// no count, no discard of what is queued, even while draining.
+async fn listener_close_and_detach() {
+    let Server {
+        shutdown,
+        tracker,
+        mut listener,
+        addr,
+    } = server(config());
+    let mut client = connect(addr).await;
+    let accepted: Accepted<Async<TcpListener>> = within("accept", listener.accept())
+        .await
+        .expect("accept")
+        .expect("not draining");
+    let (conn, _peer) = accepted;
+    assert_eq!(conn.shutdown().phase(), Phase::Running);
+    listener.close();
+    assert!(listener.get_ref().is_none());
+    assert!(listener.accept().await.expect("accept").is_none());
+    let refused = TcpStream::connect(addr).expect_err("the listener is closed");
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+
+    client.write_all(b"queued\n").await.expect("send");
+    shutdown.graceful(DEADLINE);
+    wait_exact(&tracker, counts(1, 0, 0, 0)).await;
+    let mut raw = conn.into_inner();
+    assert_eq!(tracker.counts(), Counts::default());
+    let mut buf = [0; 7];
+    within("queued bytes", raw.read_exact(&mut buf))
+        .await
+        .expect("read");
+    assert_eq!(&buf, b"queued\n");
+    within("stopped", shutdown.stopped()).await;
+}
+
+/// async-net's listener (smol's `net`) converts into `Arc<Async<_>>`, which
+/// a tracker takes as it is; the drain closes it.
+async fn async_net_listener_is_tracked() {
+    let shutdown = Shutdown::new();
+    let tracker = Tracker::with_config(&shutdown, config());
+    let listener = smol::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local_addr");
+    let mut listener = tracker.listen(Arc::<Async<TcpListener>>::from(listener));
+    let mut client = connect(addr).await;
+    let (conn, peer) = within("accept", listener.accept())
+        .await
+        .expect("accept")
+        .expect("not draining");
+    assert_eq!(peer, client.get_ref().local_addr().expect("local_addr"));
+    let client_side = async {
+        ask(&mut client, "hi\n").await;
+        shutdown.graceful(DEADLINE);
+        expect_eof(&mut client).await;
+    };
+    let ((), served) = within("scenario", future::zip(client_side, echo(conn, None))).await;
+    assert_eq!(served.expect("echo"), 1);
+    assert!(listener.accept().await.expect("accept").is_none());
+    let refused = TcpStream::connect(addr).expect_err("the listener is closed");
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+    within("stopped", shutdown.stopped()).await;
+
+    // Unix sockets the same way.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lines.sock");
+    let tracker = Tracker::new(&Shutdown::new());
+    let listener = smol::net::unix::UnixListener::bind(&path).expect("bind");
+    let mut listener = tracker.listen(Arc::<Async<UnixListener>>::from(listener));
+    let _client = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+    let (_conn, _peer) = within("accept", listener.accept())
+        .await
+        .expect("accept")
+        .expect("not draining");
+    assert_eq!(tracker.counts(), counts(1, 0, 0, 0));
+}
+
+/// Any stream of connections: `Incoming` over a stream that owns its
+/// listener closes it at the drain; a stream that ends ends the accept loop.
+async fn incoming_stream_is_tracked() {
+    let shutdown = Shutdown::new();
+    let tracker = Tracker::with_config(&shutdown, config());
+    let listener = Async::<TcpListener>::bind(([127, 0, 0, 1], 0)).expect("bind");
+    let addr = listener.get_ref().local_addr().expect("local_addr");
+    let incoming = futures_lite::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| stream);
+        Some((accepted, listener))
+    });
+    let mut listener = tracker.listen(Incoming::new(incoming));
+    let mut client = connect(addr).await;
+    let (conn, ()) = within("accept", listener.accept())
+        .await
+        .expect("accept")
+        .expect("not draining");
+    let client_side = async {
+        ask(&mut client, "hi\n").await;
+        shutdown.graceful(DEADLINE);
+        expect_eof(&mut client).await;
+    };
+    let ((), served) = within("scenario", future::zip(client_side, echo(conn, None))).await;
+    assert_eq!(served.expect("echo"), 1);
+    assert!(listener.accept().await.expect("accept").is_none());
+    let refused = TcpStream::connect(addr).expect_err("the listener is closed");
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+
+    // A finite stream: its end is the accept loop's end.
+    let tracker = Tracker::new(&Shutdown::new());
+    let (a, _b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    let mut finite = tracker.listen(Incoming::new(futures_lite::stream::iter([Ok(a)])));
+    assert!(finite.accept().await.expect("accept").is_some());
+    assert!(finite.accept().await.expect("accept").is_none());
+    assert!(finite.get_ref().is_none(), "an ended stream is dropped");
+}
+
 // ---------------------------------------------------------------------------
 // (h) Every scenario under every executor.
 
@@ -1014,4 +1174,9 @@ executors!(
     immediate_closes_everything_now,
     graceful_only_shortens_deadline,
     immediate_goes_straight_to_stopped,
+    close_is_a_lingering_close,
+    read_ahead_request_in_flight_completes,
+    listener_close_and_detach,
+    async_net_listener_is_tracked,
+    incoming_stream_is_tracked,
 );

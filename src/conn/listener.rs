@@ -4,46 +4,66 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::{self, UnixListener, UnixStream};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use async_io::Async;
 use event_listener::EventListener;
+use futures_lite::Stream;
 
 use super::{Tracked, Tracker};
 
 /// A listener with a poll-based accept, so a [`TrackedListener`] can race it
 /// against the drain.
 ///
-/// Implemented for `async_io::Async<TcpListener>` and
-/// `Async<UnixListener>`. async-std and smol run on async-io, so their users
-/// can wrap the std listener in `Async` (`Async::new(std_listener)`). For
-/// another runtime's listener, implement it by trying a non-blocking
-/// `accept` and registering for readability when it would block, as the
-/// implementations here do.
+/// Implemented for:
+///
+/// - `Async<TcpListener>` and `Async<UnixListener>` (async-io, smol);
+/// - `Arc<Async<TcpListener>>` and `Arc<Async<UnixListener>>`: what
+///   async-net's listeners convert into (`Arc::<Async<_>>::from(listener)`);
+/// - [`Incoming`]: any stream of accepted connections.
+///
+/// async-std's listeners convert into std's
+/// (`std::net::TcpListener::try_from(listener)`), which `Async::new` wraps;
+/// the streams accepted are then `Async<TcpStream>`, with no need for
+/// async-std's `io_safety` feature. See the crate's README, "Stacks".
+///
+/// For another runtime's listener, implement it by trying a non-blocking
+/// `accept` and registering `cx` for readability when it would block, as the
+/// implementations here do. `&mut self` lets an implementation keep state
+/// (a pending future, a buffer) without interior mutability.
 pub trait Accept {
     /// The accepted stream.
     type Stream: AsFd;
     /// The peer address.
     type Addr;
     /// Accepts one connection, or registers `cx` to be woken when one may be
-    /// ready.
-    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Stream, Self::Addr)>>;
+    /// ready. `Ok(None)` means no connection will ever come (a stream of
+    /// connections that has ended).
+    #[allow(clippy::type_complexity)]
+    fn poll_accept(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<(Self::Stream, Self::Addr)>>>;
 }
 
+#[allow(clippy::type_complexity)]
 fn poll_accept_with<L, S, A>(
     listener: &Async<L>,
     cx: &mut Context<'_>,
     accept: impl Fn(&L) -> io::Result<(S, A)>,
-) -> Poll<io::Result<(Async<S>, A)>>
+) -> Poll<io::Result<Option<(Async<S>, A)>>>
 where
     S: AsFd,
 {
     loop {
         match accept(listener.get_ref()) {
-            Ok((stream, addr)) => return Poll::Ready(Async::new(stream).map(|s| (s, addr))),
+            Ok((stream, addr)) => {
+                return Poll::Ready(Async::new(stream).map(|s| Some((s, addr))));
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 ready!(listener.poll_readable(cx))?;
             }
@@ -55,7 +75,7 @@ where
 impl Accept for Async<TcpListener> {
     type Stream = Async<TcpStream>;
     type Addr = SocketAddr;
-    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Stream, SocketAddr)>> {
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Accepted1<Self>>>> {
         poll_accept_with(self, cx, TcpListener::accept)
     }
 }
@@ -63,8 +83,96 @@ impl Accept for Async<TcpListener> {
 impl Accept for Async<UnixListener> {
     type Stream = Async<UnixStream>;
     type Addr = net::SocketAddr;
-    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Stream, Self::Addr)>> {
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Accepted1<Self>>>> {
         poll_accept_with(self, cx, UnixListener::accept)
+    }
+}
+
+/// async-net's `TcpListener` converts into this.
+impl Accept for Arc<Async<TcpListener>> {
+    type Stream = Async<TcpStream>;
+    type Addr = SocketAddr;
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Accepted1<Self>>>> {
+        poll_accept_with(self, cx, TcpListener::accept)
+    }
+}
+
+/// async-net's `UnixListener` converts into this.
+impl Accept for Arc<Async<UnixListener>> {
+    type Stream = Async<UnixStream>;
+    type Addr = net::SocketAddr;
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Accepted1<Self>>>> {
+        poll_accept_with(self, cx, UnixListener::accept)
+    }
+}
+
+/// One accepted stream and its address, as [`Accept`] yields them.
+type Accepted1<L> = (<L as Accept>::Stream, <L as Accept>::Addr);
+
+/// Any stream of accepted connections as an [`Accept`] listener, for
+/// listeners that hand out a `Stream` of connections rather than a poll
+/// method: `tracker.listen(Incoming::new(stream))`.
+///
+/// The peer address is not known here (`()`); ask the stream. When the
+/// stream ends, so does the [`TrackedListener`]'s accept loop.
+///
+/// The `TrackedListener` drops the stream when draining starts. If the
+/// stream owns its listener (built with `futures_lite::stream::unfold`, or
+/// async-std's `into_incoming`), that closes the listening fd as it should;
+/// a stream that borrows its listener (`listener.incoming()`) leaves closing
+/// it to you.
+///
+/// # Examples
+///
+/// ```
+/// use std::net::TcpListener;
+/// use seamless::conn::{Async, Incoming};
+/// use seamless::{Shutdown, Tracker};
+///
+/// # fn main() -> std::io::Result<()> {
+/// let tracker = Tracker::new(&Shutdown::new());
+/// let listener = Async::<TcpListener>::bind(([127, 0, 0, 1], 0))?;
+/// // A stream that owns its listener: closed when draining starts.
+/// let incoming = futures_lite::stream::unfold(listener, |listener| async move {
+///     let accepted = listener.accept().await.map(|(stream, _)| stream);
+///     Some((accepted, listener))
+/// });
+/// let listener = tracker.listen(Incoming::new(incoming));
+/// # drop(listener); Ok(()) }
+/// ```
+pub struct Incoming<St> {
+    // Pinned once here, so any stream will do (one allocation per listener).
+    stream: Pin<Box<St>>,
+}
+
+impl<St> fmt::Debug for Incoming<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Incoming").finish_non_exhaustive()
+    }
+}
+
+impl<St> Incoming<St> {
+    /// Wraps a stream of accepted connections.
+    pub fn new(stream: St) -> Self {
+        Incoming {
+            stream: Box::pin(stream),
+        }
+    }
+}
+
+impl<St, S> Accept for Incoming<St>
+where
+    St: Stream<Item = io::Result<S>>,
+    S: AsFd,
+{
+    type Stream = S;
+    type Addr = ();
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<(S, ())>>> {
+        Poll::Ready(match ready!(self.stream.as_mut().poll_next(cx)) {
+            Some(Ok(stream)) => Ok(Some((stream, ()))),
+            Some(Err(e)) => Err(e),
+            None => Ok(None),
+        })
     }
 }
 
@@ -102,7 +210,8 @@ impl<L: Accept> TrackedListener<L> {
     }
 
     /// Accepts the next connection, or returns `Ok(None)` once draining has
-    /// started (and from then on).
+    /// started (and from then on), or once the listener has no more
+    /// connections to give.
     ///
     /// # Errors
     ///
@@ -133,11 +242,16 @@ impl<L: Accept> TrackedListener<L> {
                 }
             }
         }
-        let Some(listener) = &self.listener else {
+        let Some(listener) = &mut self.listener else {
             return Poll::Ready(Ok(None));
         };
-        let (stream, addr) = ready!(listener.poll_accept(cx))?;
-        Poll::Ready(Ok(Some((self.tracker.track(stream), addr))))
+        match ready!(listener.poll_accept(cx))? {
+            Some((stream, addr)) => Poll::Ready(Ok(Some((self.tracker.track(stream), addr)))),
+            None => {
+                self.close();
+                Poll::Ready(Ok(None))
+            }
+        }
     }
 
     /// The wrapped listener, while it is still open.
@@ -149,12 +263,5 @@ impl<L: Accept> TrackedListener<L> {
     pub fn close(&mut self) {
         self.listener = None;
         self.drain = None;
-    }
-}
-
-impl<L: AsFd> TrackedListener<L> {
-    /// The listener's fd, while it is still open.
-    pub fn as_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.listener.as_ref().map(AsFd::as_fd)
     }
 }

@@ -7,6 +7,14 @@
 //!   **Idle**, and at drain ends idle connections: the application's pending
 //!   `read` returns `Ok(0)` after a lingering close.
 //! - The [`Tracker`] ties them to a [`Shutdown`] and counts connections.
+//! - A [`ConnHandle`], taken from a stream before a protocol layer (TLS)
+//!   wraps it, lets that layer say goodbye before the drain's FIN, and mark a
+//!   handshake done.
+//!
+//! [`Accept`] is implemented for async-io's (and smol's) listeners,
+//! async-net's (as `Arc<Async<_>>`) and any stream of connections
+//! ([`Incoming`]); async-std's listeners convert into std's. [`Async`] is
+//! re-exported, so none of these needs a direct async-io dependency.
 //!
 //! Nothing here spawns a task. The drain wakes each connection's pending
 //! read (a lock-free waker slot per connection), and the close and its timers
@@ -29,27 +37,67 @@ use std::time::{Duration, Instant};
 use crate::shutdown::{PhaseHook, Shutdown};
 use crate::sys;
 
+mod handle;
 mod listener;
 mod registry;
 mod stream;
 
-pub use listener::{Accept, Accepted, TrackedListener};
+pub use async_io::Async;
+pub use handle::{ConnHandle, Ending};
+pub use listener::{Accept, Accepted, Incoming, TrackedListener};
 pub use stream::{BusyGuard, Tracked};
 
 use registry::{ConnState, Registry};
 
 /// How a connection's Busy/Idle state is decided.
+///
+/// # What the automatic policy assumes
+///
+/// It sees only the transport: reads that return data, bytes written, reads
+/// that find nothing. A connection is **Busy** from a read that returns data,
+/// and **Idle** once bytes were written since then, no write or flush is
+/// still blocked, and a read of the transport finds nothing. That is right
+/// when every request is answered by one response, written without pauses,
+/// and the application reads again only when it wants the next request. It
+/// holds through stacks that:
+///
+/// - flush with nothing buffered or write zero bytes (neither is a response);
+/// - split a response over many writes, or write vectored;
+/// - block on a write or flush while polling a read (a response still on its
+///   way out is not done);
+/// - read ahead into a buffer they serve from before reading the transport
+///   again (a `BufReader`): the second request stays Busy;
+/// - wrap the stream in a handshake, once the handshake is declared done
+///   with [`ConnHandle::handshake_done`] (TLS: otherwise the handshake looks
+///   like a request and its response, and the connection counts as Idle).
+///
+/// It is wrong, and needs a [`BusyGuard`] held while a request is handled (or
+/// the manual policy), when:
+///
+/// - a response is written in pieces with pauses while a read is pending
+///   (streaming, server-sent events, long polling, a slow body, hyper's
+///   chunked bodies): Idle mid-response, and a drain may close it;
+/// - something is written before the request is complete, while a read is
+///   pending: an interim `100 Continue` before the body, a TLS layer's own
+///   write (a `KeyUpdate` answer), an HTTP/2 or WebSocket control frame;
+/// - a stack polls the transport while it serves a request it read ahead
+///   (hyper with pipelined HTTP/1 requests, HTTP/2 streams);
+/// - a read brings a message that gets no answer (a stray CRLF between
+///   HTTP/1 requests, a TLS `KeyUpdate`, an HTTP/2 `WINDOW_UPDATE`): the
+///   connection is Busy until its next response, so a drain waits for it
+///   until the deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
     /// A read that returns data makes the connection Busy; bytes written
-    /// since then, followed by a read that finds nothing, make it Idle. A
-    /// flush or a zero-length write is not a response and changes nothing.
-    /// Right for request/response protocols such as HTTP/1.
+    /// since then, followed by a read that finds nothing, make it Idle (see
+    /// above for exactly when). Right for request/response protocols such as
+    /// HTTP/1.
     #[default]
     Automatic,
     /// The connection is Busy exactly while the application holds a
-    /// [`BusyGuard`] (see [`Tracked::busy`]). For streaming, server push or
-    /// pipelined RPC, where the automatic heuristic would be wrong.
+    /// [`BusyGuard`] (see [`Tracked::busy`], [`ConnHandle::busy`]). For
+    /// streaming, server push or pipelined RPC, where the automatic heuristic
+    /// would be wrong.
     Manual,
 }
 
@@ -58,11 +106,12 @@ pub enum Policy {
 /// ```
 /// use std::time::Duration;
 /// use seamless::conn::{Config, Policy};
+/// use seamless::{Shutdown, Tracker};
 ///
 /// let config = Config::default()
 ///     .first_byte_grace(Duration::from_millis(500))
 ///     .policy(Policy::Manual);
-/// assert_eq!(config.get_first_byte_grace(), Duration::from_millis(500));
+/// let tracker = Tracker::with_config(&Shutdown::new(), config);
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
@@ -121,26 +170,6 @@ impl Config {
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
         self
-    }
-
-    /// The first-byte grace in force.
-    pub fn get_first_byte_grace(&self) -> Duration {
-        self.first_byte_grace
-    }
-
-    /// The idle grace in force.
-    pub fn get_idle_grace(&self) -> Duration {
-        self.idle_grace
-    }
-
-    /// The linger time in force.
-    pub fn get_linger(&self) -> Duration {
-        self.linger
-    }
-
-    /// The policy in force.
-    pub fn get_policy(&self) -> Policy {
-        self.policy
     }
 }
 
@@ -265,11 +294,6 @@ impl Tracker {
         &self.shared.shutdown
     }
 
-    /// The configuration in force.
-    pub fn config(&self) -> Config {
-        self.shared.config
-    }
-
     /// Reports drain progress: waits until draining starts, then calls
     /// `report` with the counts at once and every `every` until the
     /// coordinator stops, and a last time when it has.
@@ -299,23 +323,40 @@ impl Shared {
         *self.drain_started.get_or_init(Instant::now)
     }
 
-    pub(crate) fn register(&self, fd: &impl AsFd) -> (u64, Arc<ConnState>) {
-        let conn = Arc::new(ConnState::new(fd.as_fd().as_raw_fd(), NEW));
+    pub(crate) fn register(&self, fd: &impl AsFd) -> (u32, Arc<ConnState>) {
+        let fd = fd.as_fd();
+        let socket = sys::socket_id(fd);
+        let conn = Arc::new(ConnState::new(fd.as_raw_fd(), socket, NEW));
         self.counts[NEW as usize].fetch_add(1, Ordering::SeqCst);
         let id = self.registry.insert(conn.clone());
         // Registered after the stop sweep ran: stop it ourselves.
         if self.shutdown.is_stopped() {
-            let _ = sys::shutdown(fd.as_fd(), sys::How::Both);
+            let _ = sys::shutdown(fd, sys::How::Both);
         }
         (id, conn)
     }
 
-    pub(crate) fn unregister(&self, id: u64, conn: &ConnState, discard: bool) {
+    pub(crate) fn unregister(&self, id: u32, conn: &ConnState, discard: bool) {
         self.registry.remove(id, discard);
         let from = conn.state.swap(GONE, Ordering::SeqCst);
         if from != GONE {
             self.counts[from as usize].fetch_sub(1, Ordering::SeqCst);
         }
+        // Whoever awaits the end through a handle is not left waiting.
+        conn.end(Ending::Close);
+    }
+
+    /// Moves `conn` from exactly `from` to `to`; says whether it did.
+    pub(crate) fn set_state_from(&self, conn: &ConnState, from: u8, to: u8) -> bool {
+        let moved = conn
+            .state
+            .compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if moved && from != to {
+            self.counts[from as usize].fetch_sub(1, Ordering::SeqCst);
+            self.counts[to as usize].fetch_add(1, Ordering::SeqCst);
+        }
+        moved
     }
 
     /// Moves `conn` to `to`, keeping the counts right even when a busy guard

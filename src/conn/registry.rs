@@ -1,45 +1,97 @@
 //! The set of live connections, so a drain can reach connections whose
 //! tasks are not running (an idle keep-alive connection waiting in `read`).
 //!
-//! # Safety
-//!
-//! The registry keeps raw fd numbers, not owned fds, so that tracking a
-//! connection costs no extra descriptor. That is sound because of one
-//! invariant, kept by [`Registration`](super::stream): an fd is in the
-//! registry only while the stream that owns it is alive, and the owner
-//! removes it (under the registry lock) *before* the stream is dropped and
-//! the fd closed. Every use of a raw fd below happens under that same lock,
-//! so the fd can neither be closed nor reused by another socket meanwhile.
-#![allow(unsafe_code)]
+//! The registry keeps each connection's fd *number*, not an owned fd, so
+//! that tracking costs no extra descriptor. A number alone proves nothing:
+//! the stream may have closed that socket (an `AsFd` impl may answer with a
+//! different fd later), and the number may name someone else's socket since.
+//! So the registry also keeps the socket's identity (device and inode) taken
+//! at registration, and acts only on a duplicate that still has it
+//! ([`sys::dup_if_same`]).
 
-use std::collections::HashMap;
-use std::os::fd::{BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicU8, AtomicUsize};
+use std::os::fd::{AsFd, RawFd};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::Ending;
 use crate::shutdown::lock;
-use crate::sys;
+use crate::sys::{self, SocketId};
 
 /// Per-connection state shared between a stream and the registry.
 #[derive(Debug)]
 pub(crate) struct ConnState {
-    /// Invariant: open for as long as this entry is in the registry.
+    /// The number the socket had at registration, and the socket's identity.
     fd: RawFd,
+    socket: SocketId,
     pub(crate) state: AtomicU8,
     /// Live [`BusyGuard`](super::BusyGuard)s.
-    pub(crate) busy_guards: AtomicUsize,
+    pub(crate) busy_guards: AtomicU32,
     /// The connection's pending read, woken when it must look at its state
-    /// again: the drain started, or the last busy guard was dropped.
+    /// again: the drain started, the last busy guard or handle was dropped,
+    /// a blocked write went through.
     pub(crate) reader: atomic_waker::AtomicWaker,
+    /// Live [`ConnHandle`](super::ConnHandle)s: while there are any, the
+    /// drain gives the application a chance to say goodbye before our FIN.
+    pub(crate) handles: AtomicU32,
+    /// How the connection ends, once that is decided (an [`Ending`] as
+    /// `u8`, or [`NOT_ENDING`]); set once.
+    ending: AtomicU8,
+    /// Notified when `ending` is set. Allocates only once somebody listens.
+    ending_set: event_listener::Event,
 }
 
+/// `ConnState::ending` before the end is decided.
+const NOT_ENDING: u8 = u8::MAX;
+
 impl ConnState {
-    pub(crate) fn new(fd: RawFd, state: u8) -> Self {
+    pub(crate) fn new(fd: RawFd, socket: SocketId, state: u8) -> Self {
         ConnState {
             fd,
+            socket,
             state: AtomicU8::new(state),
-            busy_guards: AtomicUsize::new(0),
+            busy_guards: AtomicU32::new(0),
             reader: atomic_waker::AtomicWaker::new(),
+            handles: AtomicU32::new(0),
+            ending: AtomicU8::new(NOT_ENDING),
+            ending_set: event_listener::Event::new(),
+        }
+    }
+
+    /// Decides how the connection ends, unless that is decided already, and
+    /// tells whoever awaits it.
+    pub(crate) fn end(&self, ending: Ending) {
+        let set = self
+            .ending
+            .compare_exchange(NOT_ENDING, ending as u8, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if set {
+            self.ending_set.notify(usize::MAX);
+        }
+    }
+
+    /// How the connection ends, if that is decided.
+    pub(crate) fn ending(&self) -> Option<Ending> {
+        Ending::from_u8(self.ending.load(Ordering::SeqCst))
+    }
+
+    /// Waits until how the connection ends is decided.
+    pub(crate) async fn ended(&self) -> Ending {
+        loop {
+            if let Some(ending) = self.ending() {
+                return ending;
+            }
+            let listener = self.ending_set.listen();
+            if let Some(ending) = self.ending() {
+                return ending;
+            }
+            listener.await;
+        }
+    }
+
+    /// Runs `act` on the connection's socket, if its number still names it.
+    fn with_socket(&self, act: impl FnOnce(std::os::fd::BorrowedFd<'_>)) {
+        if let Some(fd) = sys::dup_if_same(self.fd, self.socket) {
+            act(fd.as_fd());
         }
     }
 }
@@ -49,50 +101,64 @@ pub(crate) struct Registry {
     conns: Mutex<Conns>,
 }
 
+/// A slab: a connection's id is its slot, reused once it is removed. (A
+/// pointer a slot, where a map would cost twice that per connection.)
 #[derive(Debug, Default)]
 struct Conns {
-    next_id: u64,
-    map: HashMap<u64, Arc<ConnState>>,
+    slots: Vec<Option<Arc<ConnState>>>,
+    free: Vec<u32>,
 }
 
 impl Registry {
-    pub(crate) fn insert(&self, conn: Arc<ConnState>) -> u64 {
+    pub(crate) fn insert(&self, conn: Arc<ConnState>) -> u32 {
         let mut conns = lock(&self.conns);
-        let id = conns.next_id;
-        conns.next_id += 1;
-        conns.map.insert(id, conn);
-        id
+        match conns.free.pop() {
+            Some(id) => {
+                conns.slots[id as usize] = Some(conn);
+                id
+            }
+            None => {
+                conns.slots.push(Some(conn));
+                // More than 4 billion connections at once cannot be open.
+                (conns.slots.len() - 1) as u32
+            }
+        }
     }
 
-    /// Must be called before the connection's fd is closed. With `discard`,
-    /// first throws away what is queued, so the close sends no RST.
-    pub(crate) fn remove(&self, id: u64, discard: bool) {
-        let mut conns = lock(&self.conns);
-        if let Some(conn) = conns.map.remove(&id) {
-            if discard {
-                // SAFETY: the entry was registered until just now and the
-                // lock is held, so its fd is still open and its own.
-                let fd = unsafe { BorrowedFd::borrow_raw(conn.fd) };
-                sys::discard_queued(fd);
+    /// With `discard`, first throws away what is queued on the connection's
+    /// socket, so the close that follows sends no RST.
+    pub(crate) fn remove(&self, id: u32, discard: bool) {
+        let conn = {
+            let mut conns = lock(&self.conns);
+            let conn = conns.slots.get_mut(id as usize).and_then(Option::take);
+            if conn.is_some() {
+                conns.free.push(id);
             }
+            conn
+        };
+        if let (Some(conn), true) = (conn, discard) {
+            conn.with_socket(|fd| {
+                sys::discard_queued(fd);
+            });
         }
     }
 
     /// Wakes every connection's pending read.
     pub(crate) fn wake_all(&self) {
-        for conn in lock(&self.conns).map.values() {
+        for conn in lock(&self.conns).slots.iter().flatten() {
             conn.reader.wake();
         }
     }
 
     /// Shuts every connection down both ways: the deadline has passed.
     pub(crate) fn shutdown_all(&self) {
-        for conn in lock(&self.conns).map.values() {
-            // SAFETY: the registry lock is held and `conn` is registered, so
-            // by the module invariant its fd is open and still its own.
-            let fd = unsafe { BorrowedFd::borrow_raw(conn.fd) };
+        let conns: Vec<_> = lock(&self.conns).slots.iter().flatten().cloned().collect();
+        for conn in conns {
+            conn.end(Ending::Close);
             // Failure means the peer is already gone: nothing to stop.
-            let _ = sys::shutdown(fd, sys::How::Both);
+            conn.with_socket(|fd| {
+                let _ = sys::shutdown(fd, sys::How::Both);
+            });
         }
     }
 }

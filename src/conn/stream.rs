@@ -16,14 +16,15 @@ use futures_io::{AsyncRead, AsyncWrite};
 use pin_project_lite::pin_project;
 
 use super::registry::ConnState;
-use super::{Policy, Shared, BUSY, CLOSING, IDLE, NEW};
+use super::{ConnHandle, Ending, Policy, Shared, BUSY, CLOSING, IDLE, NEW};
 use crate::shutdown::{Guard, Shutdown};
 use crate::sys;
 
 pin_project! {
     /// A stream whose connection is tracked: it implements futures-io
     /// [`AsyncRead`] and [`AsyncWrite`] by forwarding to `S`, and keeps the
-    /// connection's New / Busy / Idle state on the way.
+    /// connection's New / Busy / Idle state on the way (see
+    /// [`Policy`](super::Policy) for how).
     ///
     /// When draining starts:
     ///
@@ -36,38 +37,110 @@ pin_project! {
     /// A connection the drain ends is closed without resetting the peer: its
     /// read returns `Ok(0)` only after it has sent its FIN and lingered,
     /// discarding what the peer still sends, until the peer's own FIN (or the
-    /// linger time). At the deadline every remaining connection is shut down
-    /// both ways.
+    /// linger time). A protocol that must say goodbye first (TLS
+    /// `close_notify`) takes a [`ConnHandle`] before wrapping the stream; the
+    /// drain then lets it. At the deadline every remaining connection is shut
+    /// down both ways.
+    ///
+    /// # Closing
+    ///
+    /// `poll_close` (`AsyncWriteExt::close`) is a lingering close: it closes
+    /// `S` (which flushes it and, for a socket, sends our FIN), then reads and
+    /// discards what the peer still sends until the peer's FIN or the linger
+    /// time (never past the deadline), so that the close never makes the
+    /// kernel reset the peer. Reads return `Ok(0)` afterwards. (It used to
+    /// forward to `S::poll_close` alone.) To half-close and go on reading,
+    /// shut down the write side of the socket yourself instead.
     ///
     /// Made by [`TrackedListener::accept`](super::TrackedListener::accept) or
     /// [`Tracker::track`](super::Tracker::track).
     pub struct Tracked<S> {
-        // Declared first so it is dropped first: it unregisters the fd before
-        // `stream` closes it (the registry's safety invariant).
+        // Declared first so it is dropped first: it discards what is queued
+        // (while draining) before `stream` closes the socket.
         reg: Registration,
         #[pin]
         stream: S,
         // Bytes were written since the last read that returned data.
         wrote: bool,
+        // The last write or flush returned `Pending`: a response is still on
+        // its way out, whatever the reads say.
+        write_blocked: bool,
         // When the automatic policy last made it Idle.
         idle_since: Option<Instant>,
-        // Running while a drain waits out a New or Idle connection's grace.
-        grace: Option<Timer>,
-        close: Close,
+        close: Closer,
     }
 }
 
+/// Where the connection is in its close, and the one timer a connection
+/// needs at a time: its grace while open, the goodbye's or the linger's
+/// bound after.
+struct Closer {
+    phase: Close,
+    timer: Option<Timer>,
+    timer_at: Option<Instant>,
+}
+
+impl Closer {
+    fn set_timer(&mut self, at: Instant) {
+        if self.timer_at != Some(at) {
+            match &mut self.timer {
+                Some(timer) => timer.set_at(at),
+                None => self.timer = Some(Timer::at(at)),
+            }
+            self.timer_at = Some(at);
+        }
+    }
+
+    fn clear_timer(&mut self) {
+        self.timer = None;
+        self.timer_at = None;
+    }
+
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.timer {
+            Some(timer) => Pin::new(timer).poll(cx).map(drop),
+            None => Poll::Ready(()),
+        }
+    }
+
+    /// Sends our FIN; reads then linger before reporting `Ok(0)`.
+    fn start_linger(&mut self, shared: &Shared, conn: &ConnState, fd: BorrowedFd<'_>) {
+        shared.set_state(conn, CLOSING);
+        let _ = sys::shutdown(fd, sys::How::Write);
+        self.phase = Close::Lingering;
+        self.set_timer(linger_until(shared));
+    }
+
+    /// The drain ends the connection, and its handles get to say goodbye
+    /// first, until the linger time is up.
+    fn start_goodbye(&mut self, shared: &Shared, conn: &ConnState) {
+        shared.set_state(conn, CLOSING);
+        self.phase = Close::Goodbye;
+        self.set_timer(linger_until(shared));
+    }
+
+    /// The lingering close is over.
+    fn finish(&mut self) {
+        self.phase = Close::Closed;
+        self.clear_timer();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Close {
     Open,
+    /// The drain ends this connection and told its handles: the application
+    /// may say goodbye and close until the timer fires.
+    Goodbye,
     /// Our FIN is sent; discard the peer's data until the timer fires.
-    Lingering(Timer),
+    Lingering,
     Closed,
 }
 
 struct Registration {
     shared: Arc<Shared>,
     conn: Arc<ConnState>,
-    id: u64,
+    id: u32,
     detached: bool,
     _guard: Guard,
 }
@@ -107,9 +180,13 @@ impl<S: AsFd> Tracked<S> {
             },
             stream,
             wrote: false,
+            write_blocked: false,
             idle_since: None,
-            grace: None,
-            close: Close::Open,
+            close: Closer {
+                phase: Close::Open,
+                timer: None,
+                timer_at: None,
+            },
         }
     }
 
@@ -121,14 +198,15 @@ impl<S: AsFd> Tracked<S> {
     /// When the last guard is dropped during a drain, the connection's
     /// pending read is woken and ends it, just as for an idle connection.
     pub fn busy(&self) -> BusyGuard {
-        let conn = &self.reg.conn;
-        if conn.busy_guards.fetch_add(1, Ordering::SeqCst) == 0 {
-            self.reg.shared.set_state(conn, BUSY);
-        }
-        BusyGuard {
-            shared: self.reg.shared.clone(),
-            conn: conn.clone(),
-        }
+        BusyGuard::new(&self.reg.shared, &self.reg.conn)
+    }
+
+    /// An owned handle to this connection, to keep after the stream is
+    /// wrapped (in TLS, HTTP/2, a WebSocket): it tells when the drain ends
+    /// the connection, so the protocol can say goodbye first. See
+    /// [`ConnHandle`].
+    pub fn handle(&self) -> ConnHandle {
+        ConnHandle::new(self.reg.shared.clone(), self.reg.conn.clone())
     }
 
     /// Waits until draining starts: the moment to say goodbye the protocol's
@@ -171,12 +249,15 @@ impl<S: AsyncRead + AsFd + Unpin> Tracked<S> {
     /// own FIN, or the linger time (never past the deadline).
     ///
     /// For a connection the application ends itself, for example after an
-    /// HTTP `Connection: close` response. (A connection the drain ends does
-    /// this by itself before its read returns `Ok(0)`.) Reads return `Ok(0)`
-    /// afterwards.
+    /// HTTP `Connection: close` response. It is `AsyncWriteExt::close`
+    /// without closing `S` first and without an error to handle. (A
+    /// connection the drain ends does this by itself before its read returns
+    /// `Ok(0)`.) Reads return `Ok(0)` afterwards.
     pub async fn close_lingering(&mut self) {
-        if matches!(self.close, Close::Open) {
-            self.close = start_linger(&self.reg.shared, &self.reg.conn, &self.stream);
+        if matches!(self.close.phase, Close::Open | Close::Goodbye) {
+            let fd = self.stream.as_fd();
+            self.close
+                .start_linger(&self.reg.shared, &self.reg.conn, fd);
         }
         // A lingering read never touches the buffer and ends with `Ok(0)`.
         let _ = futures_lite::AsyncReadExt::read(self, &mut [0u8; 1]).await;
@@ -196,16 +277,28 @@ impl<S: AsyncRead + AsFd> AsyncRead for Tracked<S> {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
-        let shared = &this.reg.shared;
-        let conn = &this.reg.conn;
+        let shared = &*this.reg.shared;
+        let conn = &*this.reg.conn;
+        let close = this.close;
         loop {
-            match this.close {
+            match close.phase {
                 Close::Open => {}
                 Close::Closed => return Poll::Ready(Ok(0)),
-                Close::Lingering(timer) => {
-                    ready!(poll_linger(this.stream.as_mut(), timer, cx));
-                    *this.close = Close::Closed;
+                Close::Lingering => {
+                    ready!(poll_linger(this.stream.as_mut(), close, cx));
+                    close.finish();
                     return Poll::Ready(Ok(0));
+                }
+                Close::Goodbye => {
+                    // The application says goodbye and closes (`poll_close`
+                    // moves on from here); the read waits, unless nobody is
+                    // left to say it or the time is up.
+                    conn.reader.register(cx.waker());
+                    if conn.handles.load(Ordering::SeqCst) > 0 {
+                        ready!(close.poll_timer(cx));
+                    }
+                    close.start_linger(shared, conn, this.stream.as_ref().get_ref().as_fd());
+                    continue;
                 }
             }
             match this.stream.as_mut().poll_read(cx, buf) {
@@ -214,33 +307,42 @@ impl<S: AsyncRead + AsFd> AsyncRead for Tracked<S> {
                         on_data(shared, conn);
                         *this.wrote = false;
                         *this.idle_since = None;
-                        *this.grace = None;
+                        close.clear_timer();
                     }
                     return Poll::Ready(Ok(n));
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    let (wrote, idle_since) = (*this.wrote, &mut *this.idle_since);
-                    if !drain_ends_it(shared, conn, wrote, idle_since, this.grace, cx) {
+                    if *this.write_blocked {
+                        // A response is still on its way out: whatever the
+                        // state says, not idle. The write that goes through
+                        // wakes this read.
+                        conn.reader.register(cx.waker());
                         return Poll::Pending;
                     }
-                    *this.close = start_linger(shared, conn, this.stream.as_ref().get_ref());
+                    if !drain_ends_it(shared, conn, *this.wrote, this.idle_since, close, cx) {
+                        return Poll::Pending;
+                    }
+                    conn.end(Ending::Close);
+                    if conn.handles.load(Ordering::SeqCst) > 0 {
+                        // Goodbye first: the handles' `ending()` resolves now.
+                        close.start_goodbye(shared, conn);
+                    } else {
+                        close.start_linger(shared, conn, this.stream.as_ref().get_ref().as_fd());
+                    }
                 }
             }
         }
     }
 }
 
-/// Sends our FIN; the read then lingers before reporting `Ok(0)`.
-fn start_linger(shared: &Shared, conn: &ConnState, stream: &impl AsFd) -> Close {
-    shared.set_state(conn, CLOSING);
-    let _ = sys::shutdown(stream.as_fd(), sys::How::Write);
-    let now = Instant::now();
-    let until = match shared.shutdown.deadline() {
-        Some(deadline) => deadline.min(now + shared.config.linger),
-        None => now + shared.config.linger,
-    };
-    Close::Lingering(Timer::at(until))
+/// The linger time from now, never past the deadline.
+fn linger_until(shared: &Shared) -> Instant {
+    let until = Instant::now() + shared.config.linger;
+    match shared.shutdown.deadline() {
+        Some(deadline) => deadline.min(until),
+        None => until,
+    }
 }
 
 /// A read returned data.
@@ -257,12 +359,13 @@ fn on_data(shared: &Shared, conn: &ConnState) {
 
 /// A read found nothing. Updates the state and says whether the drain ends
 /// this connection now; if not, the read will be woken when that may change.
+/// `responded`: bytes were written since the last read that returned data.
 fn drain_ends_it(
     shared: &Shared,
     conn: &ConnState,
-    wrote: bool,
+    responded: bool,
     idle_since: &mut Option<Instant>,
-    grace: &mut Option<Timer>,
+    close: &mut Closer,
     cx: &mut Context<'_>,
 ) -> bool {
     let shutdown = &shared.shutdown;
@@ -270,7 +373,7 @@ fn drain_ends_it(
     conn.reader.register(cx.waker());
     let mut state = conn.state.load(Ordering::SeqCst);
     if state == BUSY
-        && wrote
+        && responded
         && shared.config.policy == Policy::Automatic
         && conn.busy_guards.load(Ordering::SeqCst) == 0
     {
@@ -278,7 +381,7 @@ fn drain_ends_it(
         *idle_since = Some(Instant::now());
         state = IDLE;
     }
-    if state == BUSY || !shutdown.is_draining() {
+    if state == BUSY || state == CLOSING || !shutdown.is_draining() {
         return false;
     }
     // A New connection's request, or an idle one's next, may already be on
@@ -296,8 +399,8 @@ fn drain_ends_it(
     if Instant::now() >= end {
         return true;
     }
-    let timer = grace.get_or_insert_with(|| Timer::at(end));
-    Pin::new(timer).poll(cx).is_ready()
+    close.set_timer(end);
+    close.poll_timer(cx).is_ready()
 }
 
 /// Our FIN is out: read and throw away what the peer still sends until its
@@ -305,7 +408,7 @@ fn drain_ends_it(
 /// close send an RST.
 fn poll_linger<S: AsyncRead + AsFd>(
     mut stream: Pin<&mut S>,
-    timer: &mut Timer,
+    close: &mut Closer,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
     let mut scratch = [0u8; 4096];
@@ -315,12 +418,12 @@ fn poll_linger<S: AsyncRead + AsFd>(
             Poll::Ready(Ok(n)) if n > 0 => {}
             Poll::Ready(_) => return Poll::Ready(()), // the peer's FIN, or an error
             Poll::Pending => {
-                ready!(Pin::new(timer).poll(cx));
+                ready!(close.poll_timer(cx));
                 sys::discard_queued(stream.as_ref().get_ref().as_fd());
                 return Poll::Ready(());
             }
         }
-        if Pin::new(&mut *timer).poll(cx).is_ready() {
+        if close.poll_timer(cx).is_ready() {
             sys::discard_queued(stream.as_ref().get_ref().as_fd());
             return Poll::Ready(());
         }
@@ -329,16 +432,47 @@ fn poll_linger<S: AsyncRead + AsFd>(
     Poll::Pending
 }
 
-impl<S: AsyncWrite> AsyncWrite for Tracked<S> {
+/// Notes how a write or flush went: bytes written, or still blocked.
+fn on_write<T>(
+    shared: &Shared,
+    conn: &ConnState,
+    wrote: &mut bool,
+    write_blocked: &mut bool,
+    polled: Poll<io::Result<T>>,
+    written: impl FnOnce(&T) -> bool,
+) -> Poll<io::Result<T>> {
+    match &polled {
+        Poll::Pending => *write_blocked = true,
+        Poll::Ready(result) => {
+            // A read the drain holds off while the response finishes looks
+            // again (outside a drain, nothing waits on it).
+            if std::mem::take(write_blocked) && shared.shutdown.is_draining() {
+                conn.reader.wake();
+            }
+            if let Ok(value) = result {
+                *wrote |= written(value);
+            }
+        }
+    }
+    polled
+}
+
+impl<S: AsyncRead + AsyncWrite + AsFd> AsyncWrite for Tracked<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        let n = ready!(this.stream.poll_write(cx, buf))?;
-        *this.wrote |= n > 0;
-        Poll::Ready(Ok(n))
+        let polled = this.stream.poll_write(cx, buf);
+        on_write(
+            &this.reg.shared,
+            &this.reg.conn,
+            this.wrote,
+            this.write_blocked,
+            polled,
+            |n| *n > 0,
+        )
     }
 
     fn poll_write_vectored(
@@ -347,19 +481,61 @@ impl<S: AsyncWrite> AsyncWrite for Tracked<S> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        let n = ready!(this.stream.poll_write_vectored(cx, bufs))?;
-        *this.wrote |= n > 0;
-        Poll::Ready(Ok(n))
+        let polled = this.stream.poll_write_vectored(cx, bufs);
+        on_write(
+            &this.reg.shared,
+            &this.reg.conn,
+            this.wrote,
+            this.write_blocked,
+            polled,
+            |n| *n > 0,
+        )
     }
 
     // A flush is not a response: stacks flush with nothing buffered (hyper
-    // does mid-request), and only bytes written say a response went out.
+    // does mid-request), and only bytes written say a response went out. A
+    // flush that blocks, though, means one is still on its way.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().stream.poll_flush(cx)
+        let this = self.project();
+        let polled = this.stream.poll_flush(cx);
+        on_write(
+            &this.reg.shared,
+            &this.reg.conn,
+            this.wrote,
+            this.write_blocked,
+            polled,
+            |()| false,
+        )
     }
 
+    /// The lingering close: see [`Tracked`]'s docs.
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().stream.poll_close(cx)
+        let mut this = self.project();
+        let shared = &*this.reg.shared;
+        let conn = &*this.reg.conn;
+        let close = this.close;
+        loop {
+            match close.phase {
+                Close::Open | Close::Goodbye => {
+                    let closed = ready!(this.stream.as_mut().poll_close(cx));
+                    close.start_linger(shared, conn, this.stream.as_ref().get_ref().as_fd());
+                    match closed {
+                        Err(e) if e.kind() != io::ErrorKind::NotConnected => {
+                            close.finish();
+                            return Poll::Ready(Err(e));
+                        }
+                        _ => {}
+                    }
+                }
+                Close::Lingering => {
+                    ready!(poll_linger(this.stream.as_mut(), close, cx));
+                    close.finish();
+                    // A read waiting on the goodbye need not wait any more.
+                    conn.reader.wake();
+                }
+                Close::Closed => return Poll::Ready(Ok(())),
+            }
+        }
     }
 }
 
@@ -376,13 +552,27 @@ impl fmt::Debug for BusyGuard {
     }
 }
 
+impl BusyGuard {
+    pub(crate) fn new(shared: &Arc<Shared>, conn: &Arc<ConnState>) -> Self {
+        if conn.busy_guards.fetch_add(1, Ordering::SeqCst) == 0 {
+            // A connection already closing stays closing.
+            let _ =
+                shared.set_state_from(conn, NEW, BUSY) || shared.set_state_from(conn, IDLE, BUSY);
+        }
+        BusyGuard {
+            shared: shared.clone(),
+            conn: conn.clone(),
+        }
+    }
+}
+
 impl Drop for BusyGuard {
     fn drop(&mut self) {
         if self.conn.busy_guards.fetch_sub(1, Ordering::SeqCst) != 1 {
             return;
         }
         if self.shared.config.policy == Policy::Manual {
-            self.shared.set_state(&self.conn, IDLE);
+            self.shared.set_state_from(&self.conn, BUSY, IDLE);
         }
         // The pending read looks again: the connection may be idle now, and
         // if draining, it ends.

@@ -79,3 +79,52 @@ pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, cloexec: bool) -> io::Result<()> {
 pub(crate) fn dup_at_least(fd: impl AsFd, min: RawFd) -> io::Result<OwnedFd> {
     Ok(fcntl_dupfd_cloexec(fd, min)?)
 }
+
+/// Which socket an fd refers to, whatever number names it: the device and
+/// inode of its file description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SocketId {
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketId {
+    /// Matches no socket: inode 0 is never allocated.
+    pub(crate) const NONE: SocketId = SocketId { dev: 0, ino: 0 };
+}
+
+/// The identity of the socket `fd` refers to now, or [`SocketId::NONE`] if
+/// it cannot be told.
+pub(crate) fn socket_id(fd: BorrowedFd<'_>) -> SocketId {
+    match rustix::fs::fstat(fd) {
+        // The field types differ across platforms.
+        #[allow(clippy::unnecessary_cast)]
+        Ok(stat) => SocketId {
+            dev: stat.st_dev as u64,
+            ino: stat.st_ino as u64,
+        },
+        Err(_) => SocketId::NONE,
+    }
+}
+
+/// A duplicate of the socket that fd number `raw` names now, if it is still
+/// the socket `id` was taken from; `None` if the number is closed or names
+/// another socket.
+///
+/// For acting on a socket known only by number (the connection registry):
+/// the owner may have closed it, and the number may name someone else's
+/// socket since. The duplicate is ours, so the check and whatever follows see
+/// one and the same socket, even if the number changes hands meanwhile.
+#[allow(unsafe_code)]
+pub(crate) fn dup_if_same(raw: RawFd, id: SocketId) -> Option<OwnedFd> {
+    if id == SocketId::NONE {
+        return None;
+    }
+    // SAFETY: the borrow lives for one fcntl(F_DUPFD_CLOEXEC), which neither
+    // changes nor closes what the number refers to. A closed number fails
+    // with EBADF; an open one is duplicated, and the identity check below
+    // drops the duplicate unless it is the socket `id` names.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+    let dup = fcntl_dupfd_cloexec(fd, 0).ok()?;
+    (socket_id(dup.as_fd()) == id).then_some(dup)
+}
