@@ -274,11 +274,12 @@ fn ask(conn: &mut dyn Conn, line: &str) -> io::Result<(u32, String)> {
 
 /// The hot restart of a stream example (TCP or Unix), as the module docs
 /// say. `connect` opens a fresh connection with read timeouts set.
+/// Returns where the example listened, once every generation has exited.
 fn hot_restart_stream_example(
     name: &'static str,
     listen: impl FnOnce(&Path) -> String,
     connect: impl Fn(&str) -> io::Result<Box<dyn Conn>>,
-) {
+) -> String {
     let example = Example::start(name, listen);
     let first = example.first_pid;
     let addr = example.listen.clone();
@@ -340,6 +341,7 @@ fn hot_restart_stream_example(
     );
     eprintln!("{name}: {first} -> {second} after {probes} probes");
     example.stop(second);
+    addr
 }
 
 fn tcp(addr: &str) -> io::Result<Box<dyn Conn>> {
@@ -364,13 +366,49 @@ fn custom_runtime_example_hot_restarts() {
     hot_restart_stream_example("custom_runtime", |_| "127.0.0.1:0".into(), tcp);
 }
 
+/// The socket file outlives the handover (the new generation is reached
+/// through it), and is removed by the final stop.
 #[test]
 fn unix_example_hot_restarts() {
-    hot_restart_stream_example(
-        "unix",
-        |dir| dir.join("lines.sock").to_string_lossy().into_owned(),
-        unix,
-    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lines.sock");
+    let listen = path.to_string_lossy().into_owned();
+    hot_restart_stream_example("unix", |_| listen, unix);
+    assert!(!path.exists(), "the final stop removes the socket file");
+}
+
+/// A stale socket file (its server crashed: a socket nothing accepts on)
+/// is replaced on a fresh start; a live one is an error naming the listener
+/// and the path.
+#[test]
+fn unix_socket_file_stale_replaced_live_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lines.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+    assert!(path.exists(), "a stale socket file");
+    let listen = path.to_string_lossy().into_owned();
+    let example = Example::start("unix", |_| listen.clone());
+    let first = example.first_pid;
+    let mut conn = unix(&example.listen).expect("connect");
+    assert_eq!(ask(&mut *conn, "hi").expect("hi"), (first, "hi".into()));
+    drop(conn);
+
+    // While it serves, a second server on the same path is refused.
+    let out = Command::new(example_binary("unix"))
+        .arg("--listen")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a second server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("\"lines\""), "names the listener: {stderr}");
+    assert!(stderr.contains(&listen), "names the path: {stderr}");
+    assert!(stderr.contains("another server"), "{stderr}");
+    assert!(path.exists(), "the live server's file is left alone");
+
+    example.stop(first);
+    assert!(!path.exists(), "the final stop removes the socket file");
 }
 
 /// UDP: every datagram sent across the restart gets exactly one answer,

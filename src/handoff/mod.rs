@@ -230,6 +230,9 @@ struct Inner {
     args: Vec<OsString>,
     options: Options,
     fds: Mutex<Fds>,
+    /// Unix socket files this generation listens on: removed on a final
+    /// stop, kept after a handover.
+    unix_paths: Mutex<Vec<PathBuf>>,
     readiness: Mutex<Readiness>,
     ready: AtomicBool,
     upgrading: AtomicBool,
@@ -291,6 +294,7 @@ impl Upgrader {
             options,
             has_parent: ready_pipe.is_some(),
             fds: Mutex::new(Fds::new(sockets)),
+            unix_paths: Mutex::new(Vec::new()),
             readiness: Mutex::new(Readiness {
                 pipe: ready_pipe,
                 told: false,
@@ -336,7 +340,7 @@ impl Upgrader {
         })?;
         let listener = match inherited {
             Some(fd) => TcpListener::from(fd),
-            None => TcpListener::bind(addr)?,
+            None => TcpListener::bind(addr).map_err(|e| bind_error(name, "an address", e))?,
         };
         self.pass_on(name, &listener)?;
         Ok(listener)
@@ -344,9 +348,18 @@ impl Upgrader {
 
     /// A Unix stream listener named `name`: inherited, or bound to `path`.
     ///
+    /// The socket file's life follows the service's, not the process's: a
+    /// hot restart keeps it (the next generation listens on the same
+    /// socket), a final stop ([`Reason::Stop`](crate::Reason::Stop)) removes
+    /// it once the coordinator has stopped. A stale file left by a process
+    /// that crashed (a socket nothing accepts on) is replaced on a fresh
+    /// start.
+    ///
     /// # Errors
     ///
-    /// As for [`tcp_listener`](Upgrader::tcp_listener).
+    /// As for [`tcp_listener`](Upgrader::tcp_listener); a bind error names
+    /// the listener and the path, and says whether another server is
+    /// listening there (`AddrInUse`) or the path is not a socket.
     pub fn unix_listener(&self, name: &str, path: impl AsRef<Path>) -> io::Result<UnixListener> {
         fds::check_name(name)?;
         let inherited = self.claim(name, "a listening Unix socket", |info| {
@@ -356,9 +369,12 @@ impl Upgrader {
         })?;
         let listener = match inherited {
             Some(fd) => UnixListener::from(fd),
-            None => UnixListener::bind(path)?,
+            None => bind_unix(path.as_ref()).map_err(|e| bind_error(name, "the path", e))?,
         };
         self.pass_on(name, &listener)?;
+        if let Some(bound) = listener.local_addr()?.as_pathname() {
+            lock(&self.inner.unix_paths).push(bound.to_owned());
+        }
         Ok(listener)
     }
 
@@ -375,7 +391,7 @@ impl Upgrader {
         })?;
         let socket = match inherited {
             Some(fd) => UdpSocket::from(fd),
-            None => UdpSocket::bind(addr)?,
+            None => UdpSocket::bind(addr).map_err(|e| bind_error(name, "an address", e))?,
         };
         self.pass_on(name, &socket)?;
         Ok(socket)
@@ -597,6 +613,48 @@ fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Binds a Unix listener at `path`, replacing a stale socket file: one that
+/// is a socket but refuses connections (its server is gone). A live one is
+/// left alone, and so is anything that is not a socket.
+fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+
+    let in_use = match UnixListener::bind(path) {
+        Ok(listener) => return Ok(listener),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => e,
+        Err(e) => return Err(annotate(e, path, "")),
+    };
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if !is_socket {
+        return Err(annotate(in_use, path, " (it exists and is not a socket)"));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            tracing::info!(path = %path.display(), "replacing a stale Unix socket file");
+            std::fs::remove_file(path)
+                .map_err(|e| annotate(e, path, " (removing a stale socket)"))?;
+            UnixListener::bind(path).map_err(|e| annotate(e, path, ""))
+        }
+        _ => Err(annotate(
+            in_use,
+            path,
+            " (another server is listening on it)",
+        )),
+    }
+}
+
+fn annotate(e: io::Error, path: &Path, why: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}{why}", path.display()))
+}
+
+/// Names the listener in a bind error.
+fn bind_error(name: &str, what: &str, e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!("listener {name:?}: cannot bind {what}: {e}"),
+    )
+}
+
 /// Writes `ready` on the pipe to the parent. A parent that is gone (killed
 /// while we started) is not an error: we carry on as the only generation.
 fn tell_parent(pipe: &OwnedFd) -> io::Result<()> {
@@ -631,5 +689,24 @@ impl PhaseHook for Inner {
         }
     }
 
-    fn on_stopped(&self) {}
+    fn on_stopped(&self) {
+        if self.shutdown.reason() != Some(crate::Reason::Stop) {
+            return; // handed over: the next generation listens there
+        }
+        for path in lock(&self.unix_paths).drain(..) {
+            use std::os::unix::fs::FileTypeExt;
+            let is_socket =
+                std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket());
+            if is_socket {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "removed the Unix socket file")
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), %e, "could not remove the Unix socket file")
+                    }
+                }
+            }
+        }
+    }
 }
