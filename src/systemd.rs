@@ -52,8 +52,11 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
 
 use rustix::time::{clock_gettime, ClockId};
+
+use crate::conn::Counts;
 
 /// Sends `state`, one or more newline-separated `KEY=value` assignments, to
 /// systemd.
@@ -67,7 +70,9 @@ use rustix::time::{clock_gettime, ClockId};
 ///   (starting with `/`) nor an abstract socket name (starting with `@`).
 /// - [`io::ErrorKind::Unsupported`] for an abstract socket name outside
 ///   Linux and Android.
-/// - Any error from sending, for example if nothing listens on the socket.
+/// - Any error from sending, for example if nothing listens on the socket,
+///   or [`io::ErrorKind::WouldBlock`] if its queue is full: sending never
+///   blocks.
 ///
 /// # Examples
 ///
@@ -141,6 +146,126 @@ pub fn status(text: &str) -> io::Result<bool> {
     notify(&status_message(text))
 }
 
+/// Asks systemd for `time` more before it gives up on the current
+/// operation: `EXTEND_TIMEOUT_USEC=<µs>`. It only matters once the operation
+/// has run past its configured timeout (`TimeoutStopSec=` while stopping),
+/// and must be sent again before `time` runs out.
+///
+/// # Errors
+///
+/// As [`notify`].
+pub fn extend_timeout(time: Duration) -> io::Result<bool> {
+    notify(&format!("EXTEND_TIMEOUT_USEC={}", time.as_micros()))
+}
+
+/// Drain progress for systemd, fed by
+/// [`Tracker::report_drain`](crate::Tracker::report_drain).
+///
+/// Each report sets the status line (`STATUS=draining: N connections
+/// left`), and, as long as connections keep closing, asks for more time
+/// ([`extend_timeout`]) so that a drain which runs past `TimeoutStopSec=`
+/// but is still making progress is not killed. A drain that stops making
+/// progress gets no more time: systemd's own timeout applies again.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use seamless::systemd::DrainStatus;
+/// use seamless::{Shutdown, Tracker};
+///
+/// # futures_lite::future::block_on(async {
+/// let shutdown = Shutdown::new();
+/// let tracker = Tracker::new(&shutdown);
+/// let every = Duration::from_millis(500);
+/// let mut status = DrainStatus::new(every);
+/// tracker.report_drain(every, |counts| { let _ = status.report(counts); }).await;
+/// # });
+/// ```
+#[derive(Debug, Clone)]
+pub struct DrainStatus {
+    extend_by: Duration,
+    last_total: Option<usize>,
+}
+
+impl DrainStatus {
+    /// For reports `every` apart; each extension covers three reports, so
+    /// one late report does not end it.
+    pub fn new(every: Duration) -> Self {
+        DrainStatus {
+            extend_by: every.saturating_mul(3),
+            last_total: None,
+        }
+    }
+
+    /// Sends the status line, and more time if connections closed since the
+    /// last report. Returns whether anything was sent (nothing outside
+    /// systemd).
+    ///
+    /// # Errors
+    ///
+    /// As [`notify`].
+    pub fn report(&mut self, counts: Counts) -> io::Result<bool> {
+        let progress = self.last_total.is_none_or(|last| counts.total < last);
+        self.last_total = Some(counts.total);
+        let s = if counts.total == 1 { "" } else { "s" };
+        let mut message = status_message(&format!(
+            "draining: {} connection{s} left (busy {}, idle {}, new {}, closing {})",
+            counts.total, counts.busy, counts.idle, counts.new, counts.closing
+        ));
+        if progress && counts.total > 0 {
+            message.push_str(&format!(
+                "\nEXTEND_TIMEOUT_USEC={}",
+                self.extend_by.as_micros()
+            ));
+        }
+        notify(&message)
+    }
+}
+
+/// How often systemd expects `WATCHDOG=1` (`WatchdogSec=`), if it does:
+/// `WATCHDOG_USEC` is set and `WATCHDOG_PID`, when set, is this process.
+pub fn watchdog_interval() -> Option<Duration> {
+    let var = |name| std::env::var_os(name).map(|v| v.as_bytes().to_vec());
+    watchdog_interval_from(
+        var("WATCHDOG_USEC").as_deref(),
+        var("WATCHDOG_PID").as_deref(),
+        std::process::id(),
+    )
+}
+
+fn watchdog_interval_from(
+    usec: Option<&[u8]>,
+    pid: Option<&[u8]>,
+    own_pid: u32,
+) -> Option<Duration> {
+    let number = |bytes: &[u8]| std::str::from_utf8(bytes).ok()?.parse::<u64>().ok();
+    if let Some(pid) = pid {
+        if number(pid) != Some(u64::from(own_pid)) {
+            return None; // meant for another process
+        }
+    }
+    let usec = number(usec?)?;
+    (usec > 0).then(|| Duration::from_micros(usec))
+}
+
+/// Keeps systemd's watchdog fed: sends `WATCHDOG=1` at half the
+/// [`watchdog_interval`], for as long as it is polled. Never resolves; race
+/// it against [`Shutdown::stopped`](crate::Shutdown::stopped) beside your
+/// other work. Without a watchdog it just waits forever, sending nothing.
+///
+/// A process that stops polling it (its executor is stuck) stops feeding
+/// the watchdog, which is the point.
+pub async fn feed_watchdog() {
+    let Some(interval) = watchdog_interval() else {
+        return std::future::pending().await;
+    };
+    loop {
+        if let Err(e) = notify("WATCHDOG=1") {
+            tracing::warn!(%e, "sending WATCHDOG=1");
+        }
+        async_io::Timer::after(interval / 2).await;
+    }
+}
+
 fn reloading_message(monotonic_usec: u64) -> String {
     format!("RELOADING=1\nMONOTONIC_USEC={monotonic_usec}")
 }
@@ -170,6 +295,9 @@ fn monotonic_usec() -> u64 {
 fn send_to(socket: &OsStr, msg: &str) -> io::Result<()> {
     let bytes = socket.as_bytes();
     let sender = UnixDatagram::unbound()?;
+    // Never block the caller's executor: a notify socket whose queue is full
+    // (a stuck or slow reader) fails this message with `WouldBlock`.
+    sender.set_nonblocking(true)?;
     let sent = match bytes.first() {
         Some(b'/') => sender.send_to(msg.as_bytes(), socket)?,
         Some(b'@') => send_to_abstract(&sender, &bytes[1..], msg)?,
@@ -243,6 +371,23 @@ mod tests {
     }
 
     #[test]
+    fn watchdog_interval_is_for_this_process_only() {
+        let from = watchdog_interval_from;
+        assert_eq!(
+            from(Some(b"500000"), None, 7),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            from(Some(b"500000"), Some(b"7"), 7),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(from(Some(b"500000"), Some(b"8"), 7), None);
+        assert_eq!(from(Some(b"0"), None, 7), None);
+        assert_eq!(from(Some(b"junk"), None, 7), None);
+        assert_eq!(from(None, Some(b"7"), 7), None);
+    }
+
+    #[test]
     fn monotonic_moves_forward() {
         let a = monotonic_usec();
         let b = monotonic_usec();
@@ -287,6 +432,29 @@ mod tests {
         }
         let err = send_to(OsStr::from_bytes(b"\xffx"), "READY=1").unwrap_err();
         assert!(err.to_string().contains("\\xffx"), "{err}");
+    }
+
+    /// A reader that does not keep up must not stall the sender.
+    #[test]
+    fn a_full_socket_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.sock");
+        let _socket = UnixDatagram::bind(&path).unwrap();
+        // Far more than any datagram queue holds; a blocking send would hang,
+        // so the sends run on a thread and the test waits a bounded time.
+        let (done, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let first = send_to(path.as_os_str(), "WATCHDOG=1").map_err(|e| e.kind());
+            let full = (0..10_000)
+                .find_map(|_| send_to(path.as_os_str(), "WATCHDOG=1").err())
+                .map(|e| e.kind());
+            let _ = done.send((first, full));
+        });
+        let (first, full) = outcome
+            .recv_timeout(Duration::from_secs(20))
+            .expect("sending to a full notify socket blocked");
+        assert_eq!(first, Ok(()));
+        assert_eq!(full, Some(io::ErrorKind::WouldBlock));
     }
 
     #[test]

@@ -393,10 +393,16 @@ fn sd_notify_sequence_across_a_restart() {
         .unwrap();
     let server = Server::start(
         &["--hold-ms", "300"],
-        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            // Pings every 200 ms, so the queue (10 datagrams) cannot fill
+            // while the test reads a reply instead of this socket.
+            ("WATCHDOG_USEC", "400000"),
+        ],
     );
     let mut messages = Messages::new(socket);
     assert_eq!(messages.next(), "READY=1");
+    messages.wait_watchdog();
 
     // A request in flight, so the old generation has something to drain.
     let mut busy = TcpStream::connect(server.addr).unwrap();
@@ -413,8 +419,12 @@ fn sd_notify_sequence_across_a_restart() {
     assert_eq!(messages.next(), format!("MAINPID={child}\nREADY=1"));
     let status = messages.next();
     assert!(
-        status.starts_with("STATUS=draining: 1 connection"),
+        status.starts_with("STATUS=draining: 1 connection left"),
         "{status}"
+    );
+    assert!(
+        status.contains("\nEXTEND_TIMEOUT_USEC=150000"),
+        "a drain making progress asks for more time: {status}"
     );
     let mut reply = String::new();
     busy.read_to_string(&mut reply).unwrap();
@@ -662,14 +672,19 @@ fn local_addr(fd: i32) -> std::io::Result<SocketAddr> {
     SocketAddr::try_from(addr).map_err(|_| std::io::Error::other("not an inet socket"))
 }
 
-/// Datagrams received on a notify socket.
+/// Datagrams received on a notify socket. Watchdog pings, which come at
+/// their own pace, are counted apart.
 struct Messages {
     socket: UnixDatagram,
+    watchdog: usize,
 }
 
 impl Messages {
     fn new(socket: UnixDatagram) -> Self {
-        Messages { socket }
+        Messages {
+            socket,
+            watchdog: 0,
+        }
     }
 
     fn next(&mut self) -> String {
@@ -677,10 +692,29 @@ impl Messages {
         let mut buf = [0u8; 4096];
         while Instant::now() < deadline {
             if let Ok(n) = self.socket.recv(&mut buf) {
-                return String::from_utf8_lossy(&buf[..n]).into_owned();
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if message == "WATCHDOG=1" {
+                    self.watchdog += 1;
+                    continue;
+                }
+                return message;
             }
         }
         panic!("no sd_notify message within {TIMEOUT:?}");
+    }
+
+    /// Waits for a few watchdog pings.
+    fn wait_watchdog(&mut self) {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut buf = [0u8; 4096];
+        while self.watchdog < 3 && Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]);
+                assert_eq!(message, "WATCHDOG=1", "only pings while idle");
+                self.watchdog += 1;
+            }
+        }
+        assert!(self.watchdog >= 3, "watchdog pings: {}", self.watchdog);
     }
 
     fn next_not_status(&mut self) -> String {
@@ -797,13 +831,16 @@ fn serve(args: &[String], fds_at_start: &[i32]) -> ExitCode {
             println!("event {pid} {}", signals.next().await);
         }
     };
-    let status = tracker.report_drain(Duration::from_millis(50), |counts| {
-        let s = if counts.total == 1 { "" } else { "s" };
-        let _ =
-            seamless::systemd::status(&format!("draining: {} connection{s} left", counts.total));
+    let every = Duration::from_millis(50);
+    let mut drain_status = seamless::systemd::DrainStatus::new(every);
+    let status = tracker.report_drain(every, |counts| {
+        let _ = drain_status.report(counts);
     });
     future::block_on(executor.run(future::or(
-        future::or(accept, events),
+        future::or(
+            future::or(accept, events),
+            seamless::systemd::feed_watchdog(),
+        ),
         // Ends once stopped, after a last report.
         status,
     )));

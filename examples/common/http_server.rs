@@ -26,11 +26,9 @@
 //! be parsed.
 #![allow(dead_code)]
 
-use std::cell::Cell;
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
@@ -173,9 +171,11 @@ pub fn run(args: Args) -> io::Result<()> {
     log!("ready in {} ms", started.elapsed().as_millis());
 
     let executor = smol::LocalExecutor::new();
-    let drain = Rc::new(DrainLog::default());
+    let mut drain = DrainLog::new(REPORT_EVERY);
     smol::block_on(executor.run(async {
         let accepting = accept_loop(listener, &executor);
+        // Ends right after its last report, once stopped; like `stopped()`,
+        // it enforces the drain deadline while it is awaited.
         let reporting = tracker.report_drain(REPORT_EVERY, |counts| drain.report(counts));
         let handling_signals = async {
             loop {
@@ -183,48 +183,57 @@ pub fn run(args: Args) -> io::Result<()> {
                 log!("{event}");
             }
         };
-        // The accept loop ends when draining starts and the reporter when the
-        // shutdown stops; the signal loop never ends. `stopped()` both waits
-        // for the end and enforces the drain deadline, so it decides.
+        // The accept loop ends when draining starts and the reporter once
+        // stopped; the signal loop and the watchdog never end.
         let work = async {
             future::zip(accepting, reporting).await;
-            future::pending::<()>().await
         };
-        future::or(shutdown.stopped(), future::or(work, handling_signals)).await;
+        let background = future::or(handling_signals, seamless::systemd::feed_watchdog());
+        future::or(work, background).await;
     }));
     drain.finish(&tracker.counts());
     log!("stopped");
     Ok(())
 }
 
-/// Drain progress, logged when it changes.
-#[derive(Default)]
+/// Drain progress, logged when it changes, and told to systemd.
 struct DrainLog {
     /// When draining started, and how many connections were open then.
-    start: Cell<Option<(Instant, usize)>>,
-    last: Cell<Option<Counts>>,
+    start: Option<(Instant, usize)>,
+    last: Option<Counts>,
+    /// `STATUS=` and, while connections keep closing, more stop time.
+    systemd: seamless::systemd::DrainStatus,
 }
 
 impl DrainLog {
-    fn report(&self, counts: Counts) {
-        if self.start.get().is_none() {
-            self.start.set(Some((Instant::now(), counts.total)));
+    fn new(every: Duration) -> Self {
+        DrainLog {
+            start: None,
+            last: None,
+            systemd: seamless::systemd::DrainStatus::new(every),
         }
-        let text = format!(
-            "draining: {} connections (busy {}, idle {}, new {}, closing {})",
-            counts.total, counts.busy, counts.idle, counts.new, counts.closing
-        );
+    }
+
+    fn report(&mut self, counts: Counts) {
+        self.start.get_or_insert((Instant::now(), counts.total));
         // Outside systemd this sends nothing.
-        let _ = seamless::systemd::status(&text);
-        if self.last.replace(Some(counts)) != Some(counts) {
-            log!("{text}");
+        let _ = self.systemd.report(counts);
+        if self.last.replace(counts) != Some(counts) {
+            log!(
+                "draining: {} connections (busy {}, idle {}, new {}, closing {})",
+                counts.total,
+                counts.busy,
+                counts.idle,
+                counts.new,
+                counts.closing
+            );
         }
     }
 
     /// Logs the parseable summary line. Without a report, the drain found
     /// no connection at all and ended at once.
     fn finish(&self, left: &Counts) {
-        let (start, open) = self.start.get().unwrap_or((Instant::now(), 0));
+        let (start, open) = self.start.unwrap_or((Instant::now(), 0));
         log!(
             "drained {open} connections in {} ms ({} left at the deadline)",
             start.elapsed().as_millis(),
