@@ -1,0 +1,235 @@
+//! The server: seamless owns the listener and the connections' lifetimes,
+//! hyper speaks HTTP/1.1 on each tracked connection.
+//!
+//! The whole recipe, beyond a plain hyper-on-smol server:
+//!
+//! 1. accept through a [`TrackedListener`](seamless::TrackedListener), so
+//!    each connection is a [`Tracked`] stream, and hand that stream to hyper
+//!    through smol-hyper's [`FuturesIo`];
+//! 2. in the service, answer `connection: close` while draining
+//!    ([`service::respond`]).
+//!
+//! Nothing else: no wrapper around the stream, no call to hyper's
+//! `graceful_shutdown()`. seamless sees each connection's state through its
+//! reads and writes: an idle keep-alive connection gets the idle grace and
+//! then reads a clean EOF (hyper ends the connection as if the client had
+//! closed it), a brand-new one gets the first-byte grace, a busy one is left
+//! alone until its response is out.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use async_io::{Async, Timer};
+use futures_lite::future;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use seamless::conn::{Config, Counts};
+use seamless::handoff::{Options, Upgrader};
+use seamless::signals::SignalHandler;
+use seamless::{Shutdown, Tracked, TrackedListener, Tracker};
+use smol::LocalExecutor;
+use smol_hyper::rt::{FuturesIo, SmolTimer};
+
+use crate::args::Args;
+use crate::service;
+
+/// How often drain progress is reported.
+const REPORT_EVERY: Duration = Duration::from_millis(100);
+
+/// Serves until the shutdown has stopped: after an upgrade or a SIGTERM,
+/// once the last connection is gone or the drain deadline has passed.
+pub fn run(args: Args) -> io::Result<()> {
+    let started = Instant::now();
+    let shutdown = Shutdown::new();
+    // First, before anything else opens an fd: take what the parent passed.
+    let mut options = Options::default()
+        .ready_timeout(args.ready_timeout)
+        .drain_timeout(args.drain_timeout);
+    if let Some(path) = &args.pid_file {
+        options = options.pid_file(path);
+    }
+    let upgrader = Upgrader::new(&shutdown, options).map_err(io::Error::other)?;
+    let config = conn_config(&args)?;
+    let tracker = Tracker::with_config(&shutdown, config);
+    let http = http1_builder(&args);
+
+    let listener = upgrader.tcp_listener("http", args.listen.as_str())?;
+    let addr = listener.local_addr()?;
+    let listener = tracker.listen(Async::new(listener)?);
+    let mut signals = SignalHandler::new(&shutdown)?
+        .upgrader(upgrader.clone())
+        .drain_timeout(args.drain_timeout);
+
+    let how = if upgrader.has_parent() {
+        "inherited"
+    } else {
+        "new socket"
+    };
+    log!("listening on {addr} ({how}), hyper http1");
+    {
+        let mut stdout = io::stdout().lock();
+        writeln!(stdout, "listening on {addr}")?;
+        stdout.flush()?;
+    }
+    // Only now: once we are ready, our parent stops accepting.
+    upgrader.ready()?;
+    log!("ready in {} ms", started.elapsed().as_millis());
+
+    let executor = LocalExecutor::new();
+    let drain = Rc::new(DrainLog::default());
+    smol::block_on(executor.run(async {
+        let accepting = accept_loop(listener, &executor, &http, args.verbose);
+        let reporting = tracker.report_drain(REPORT_EVERY, |counts| drain.report(counts));
+        let handling_signals = async {
+            loop {
+                let event = signals.next().await;
+                log!("{event}");
+            }
+        };
+        // The accept loop ends when draining starts and the reporter when the
+        // shutdown stops; the signal loop never ends. `stopped()` both waits
+        // for the end and enforces the drain deadline, so it decides.
+        let work = async {
+            future::zip(accepting, reporting).await;
+            future::pending::<()>().await
+        };
+        future::or(shutdown.stopped(), future::or(work, handling_signals)).await;
+    }));
+    drain.finish(&tracker.counts());
+    log!("stopped");
+    Ok(())
+}
+
+/// seamless's tuning from the options.
+fn conn_config(args: &Args) -> io::Result<Config> {
+    let mut config = Config::default();
+    if let Some(grace) = args.idle_grace {
+        config = config.idle_grace(grace);
+    }
+    if let Some(grace) = args.first_byte_grace {
+        config = config.first_byte_grace(grace);
+    }
+    // hyper counts its header timeout from the connection's first read: a
+    // shorter one would close a new connection inside seamless's first-byte
+    // grace, the very request the grace is there to let in.
+    if args.header_read_timeout < config.get_first_byte_grace() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "--header-read-timeout-ms ({} ms) must not be shorter than the first-byte grace ({} ms)",
+                args.header_read_timeout.as_millis(),
+                config.get_first_byte_grace().as_millis()
+            ),
+        ));
+    }
+    Ok(config)
+}
+
+/// hyper's HTTP/1 settings.
+///
+/// hyper (1.4 and later) defaults to a 30 s `header_read_timeout` but only
+/// enforces it when it has a timer, and panics if one is configured without
+/// a timer. smol-hyper's [`SmolTimer`] (async-io's timer) makes it work, so a
+/// client that never finishes its request head cannot hold a connection
+/// forever; the drain does not rely on it.
+fn http1_builder(args: &Args) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(SmolTimer::new())
+        .header_read_timeout(args.header_read_timeout)
+        .keep_alive(true);
+    builder
+}
+
+async fn accept_loop(
+    mut listener: TrackedListener<Async<TcpListener>>,
+    executor: &LocalExecutor<'_>,
+    http: &http1::Builder,
+    verbose: bool,
+) {
+    loop {
+        match listener.accept().await {
+            Ok(Some((stream, peer))) => {
+                if verbose {
+                    log!("accepted {peer}");
+                }
+                let http = http.clone();
+                executor
+                    .spawn(async move { serve(&http, stream, peer, verbose).await })
+                    .detach();
+            }
+            // Draining: this process takes no more connections.
+            Ok(None) => return,
+            // Usually transient (EMFILE, ECONNABORTED): back off a little.
+            Err(e) => {
+                log!("accept: {e}");
+                Timer::after(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Serves one connection with hyper until either side ends it.
+async fn serve(
+    http: &http1::Builder,
+    stream: Tracked<Async<TcpStream>>,
+    peer: SocketAddr,
+    verbose: bool,
+) {
+    // The service reads the drain state from the connection's coordinator.
+    let shutdown = stream.shutdown().clone();
+    let service = service_fn(move |request| {
+        if verbose {
+            log!("request {} {} from {peer}", request.method(), request.uri());
+        }
+        let shutdown = shutdown.clone();
+        async move { Ok::<_, Infallible>(service::respond(request, &shutdown).await) }
+    });
+    let outcome = http.serve_connection(FuturesIo::new(stream), service).await;
+    if verbose {
+        match outcome {
+            Ok(()) => log!("closed {peer}"),
+            Err(e) => log!("closed {peer}: {e}"),
+        }
+    }
+}
+
+/// Drain progress, logged when it changes.
+#[derive(Default)]
+struct DrainLog {
+    /// When draining started, and how many connections were open then.
+    start: Cell<Option<(Instant, usize)>>,
+    last: Cell<Option<Counts>>,
+}
+
+impl DrainLog {
+    fn report(&self, counts: Counts) {
+        if self.start.get().is_none() {
+            self.start.set(Some((Instant::now(), counts.total)));
+        }
+        let text = format!(
+            "draining: {} connections (busy {}, idle {}, new {}, closing {})",
+            counts.total, counts.busy, counts.idle, counts.new, counts.closing
+        );
+        // Outside systemd this sends nothing.
+        let _ = seamless::systemd::status(&text);
+        if self.last.replace(Some(counts)) != Some(counts) {
+            log!("{text}");
+        }
+    }
+
+    /// Logs the parseable summary line. Without a report, the drain found
+    /// no connection at all and ended at once.
+    fn finish(&self, left: &Counts) {
+        let (start, open) = self.start.get().unwrap_or((Instant::now(), 0));
+        log!(
+            "drained {open} connections in {} ms ({} left at the deadline)",
+            start.elapsed().as_millis(),
+            left.total
+        );
+    }
+}
