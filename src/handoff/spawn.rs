@@ -30,6 +30,10 @@ const PID_DIGITS: usize = 10;
 /// The variables we set for the child; the parent's own are not passed on.
 pub(crate) const ACTIVATION_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
 
+/// Test hook: set to `1` in a generation's environment, its next upgrade's
+/// child stops itself (SIGSTOP) just before exec. Never passed on.
+const STOP_BEFORE_EXEC_VAR: &str = "SEAMLESS_TEST_STOP_BEFORE_EXEC";
+
 /// Starts `program` with `args` (argv\[0\] included), this process's
 /// environment, and `fds` at 3, 4, ... described by the socket-activation
 /// variables.
@@ -44,6 +48,7 @@ pub(crate) fn spawn(
 
     let mut env: Vec<Vec<u8>> = std::env::vars_os()
         .filter(|(key, _)| !ACTIVATION_VARS.iter().any(|var| key == OsStr::new(var)))
+        .filter(|(key, _)| key != STOP_BEFORE_EXEC_VAR)
         .map(|(key, value)| [key.as_bytes(), b"=", value.as_bytes()].concat())
         .collect();
     env.push(format!("LISTEN_FDS={listen_fds}").into_bytes());
@@ -57,11 +62,20 @@ pub(crate) fn spawn(
         .collect::<io::Result<Vec<OwnedFd>>>()?;
 
     let mut exec = Exec::new(program, args, env, sources)?;
+    let stop = std::env::var_os(STOP_BEFORE_EXEC_VAR).is_some_and(|v| v == "1");
     let mut command = Command::new(program);
     // SAFETY: the closure runs in the forked child and only makes
     // async-signal-safe calls, none of which allocates (see `Exec::run`).
     unsafe {
-        command.pre_exec(move || exec.run());
+        command.pre_exec(move || {
+            if stop {
+                let _ = rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::STOP,
+                );
+            }
+            exec.run()
+        });
     }
     command.spawn()
 }
