@@ -162,7 +162,7 @@ impl SignalHandler {
         let map: Vec<_> = map.into_iter().collect();
         let signals = async_signal::Signals::new(map.iter().map(|(signal, _)| *signal))?;
         // Handlers are in place: let through what start-up held back.
-        sys::process::block_startup_signals(false)?;
+        sys::signal::unblock_startup_signals()?;
         Ok(SignalHandler {
             signals,
             map,
