@@ -920,8 +920,15 @@ fn a_signal_held_during_start_up_acts_once() {
         !server.seen(&format!("event {second} Hup")) && !server.seen("already in progress"),
         "the held SIGHUP was delivered twice"
     );
+    // After the hand-over too: a second delivery would make it immediate,
+    // read in the same pass as the first.
     kill(third, Signal::TERM);
+    server.expect(&format!("event {third} Term: draining"));
     server.expect(&format!("stopped {third}"));
+    assert!(
+        !server.seen(&format!("event {third} Term: stopping now")),
+        "a SIGTERM after start-up was delivered twice"
+    );
     wait_gone(third);
 }
 

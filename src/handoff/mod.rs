@@ -349,6 +349,12 @@ impl Upgrader {
             sockets,
             ready_pipe,
         } = inherit::take()?;
+        if ready_pipe.is_some() {
+            // Started by a previous generation, with the start-up signals
+            // blocked: record them instead, so that threads started from
+            // now on do not inherit a blocked mask.
+            sys::signal::defer_startup_signals().map_err(InheritError::Io)?;
+        }
         let program = match &options.program {
             Some(program) => program.clone(),
             None => std::env::current_exe().map_err(InheritError::Io)?,
@@ -492,11 +498,14 @@ impl Upgrader {
             fds.unclaimed.clear();
             fds.ready_pipe.take()
         };
+        // A start-up signal held back so far takes effect now: through the
+        // handlers installed since, or with its default action (a SIGTERM
+        // nobody handles ends us here, before we tell anyone we are ready).
+        sys::signal::release_startup_signals(sys::signal::STARTUP_SIGNALS);
+        sys::signal::unblock_startup_signals()?;
         if let Some(path) = &self.inner.options.pid_file {
             write_pid_file(path, std::process::id())?;
         }
-        // Signals held back during start-up are delivered from here on.
-        sys::signal::unblock_startup_signals()?;
         match pipe {
             Some(pipe) => ready::write_ready(&pipe),
             None => {
