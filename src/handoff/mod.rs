@@ -336,7 +336,12 @@ impl Upgrader {
     /// Takes the fds this process inherited (from a previous generation or
     /// from systemd) and resolves the program to start next.
     ///
-    /// Call it once, early in `main`, before anything else opens fds.
+    /// Call it once, early in `main`, before anything else opens fds or
+    /// starts a thread: in a new generation, it also takes over the
+    /// start-up signals (SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR2), held
+    /// back until now by a mask that threads started earlier would keep.
+    /// They are delivered once handlers are installed, or take their default
+    /// effect at [`ready`](Upgrader::ready).
     ///
     /// # Errors
     ///
