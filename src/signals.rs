@@ -11,9 +11,12 @@
 //! [`Event`]s it returns. While an upgrade runs, other signals are still
 //! handled (a SIGTERM during an upgrade starts the drain at once).
 //!
-//! A new generation starts with these signals blocked, so one arriving
-//! before its handlers are installed cannot kill it; it is delivered once
-//! [`SignalHandler::new`] (or [`Upgrader::ready`]) unblocks them.
+//! A signal arriving while a new generation starts up, before its handlers
+//! are installed, cannot kill it: it is held back (blocked until
+//! [`Upgrader::new`], recorded after), and delivered once
+//! [`SignalHandler::new`] has installed its handlers; one nobody handles
+//! takes its default effect at [`Upgrader::ready`]. No thread is left with
+//! these signals blocked.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -161,8 +164,10 @@ impl SignalHandler {
     ) -> io::Result<Self> {
         let map: Vec<_> = map.into_iter().collect();
         let signals = async_signal::Signals::new(map.iter().map(|(signal, _)| *signal))?;
-        // Handlers are in place: let through what start-up held back.
-        sys::process::block_startup_signals(false)?;
+        // Handlers are in place: what start-up held back is delivered to
+        // them now, once.
+        sys::signal::release_startup_signals(map.iter().map(|(signal, _)| *signal as i32));
+        sys::signal::unblock_startup_signals()?;
         Ok(SignalHandler {
             signals,
             map,

@@ -92,6 +92,35 @@ fn run_tests(args: &[String]) -> ExitCode {
             "bad_names_are_refused_where_given",
             bad_names_are_refused_where_given,
         ),
+        // Spawning (see the section at the end of this file).
+        (
+            "the_parent_serves_while_its_child_is_stopped_before_exec",
+            the_parent_serves_while_its_child_is_stopped_before_exec,
+        ),
+        (
+            "a_signal_to_the_child_before_exec_is_the_childs",
+            a_signal_to_the_child_before_exec_is_the_childs,
+        ),
+        (
+            "no_thread_of_a_new_generation_blocks_signals",
+            no_thread_of_a_new_generation_blocks_signals,
+        ),
+        (
+            "a_signal_held_during_start_up_acts_once",
+            a_signal_held_during_start_up_acts_once,
+        ),
+        (
+            "a_start_up_signal_without_a_handler_takes_effect_at_ready",
+            a_start_up_signal_without_a_handler_takes_effect_at_ready,
+        ),
+        (
+            "a_failed_exec_names_the_program_and_the_errno",
+            a_failed_exec_names_the_program_and_the_errno,
+        ),
+        (
+            "emfile_on_the_readiness_pipe_is_a_spawn_error",
+            emfile_on_the_readiness_pipe_is_a_spawn_error,
+        ),
     ];
     // Orphaned generations are re-parented to us, so we can reap them and
     // prove none is left behind.
@@ -748,8 +777,12 @@ fn open_fds() -> Vec<i32> {
 // ------------------------------------------------------------ the child side
 
 /// `--serve [--next MODE] [--ready-timeout-ms N] [--careless] [--fds-out DIR]
-/// [--hold-ms N] [--hold-start DIR]`: writes its pid to each connection. With `--next`, its
-/// upgrades start a misbehaving child instead of another server.
+/// [--hold-ms N] [--hold-start DIR] [--program PATH] [--bare] [--spare-fds N]`:
+/// writes its pid to each connection. With `--next`, its upgrades start a
+/// misbehaving child instead of another server. `--program` starts that
+/// program instead of this one. With `--bare`, a generation started by a
+/// parent installs no signal handler. `--spare-fds N` lowers the fd limit
+/// and fills the table once ready, leaving `N` fds free.
 fn serve(args: &[String], fds_at_start: &[i32]) -> ExitCode {
     let opt = |name: &str| {
         let at = args.iter().position(|a| a == name)?;
@@ -782,6 +815,9 @@ fn serve(args: &[String], fds_at_start: &[i32]) -> ExitCode {
     if let Some(mode) = opt("--next") {
         options = options.args([args[0].clone(), "--bad".into(), mode]);
     }
+    if let Some(program) = opt("--program") {
+        options = options.program(program);
+    }
     let upgrader = match Upgrader::new(&shutdown, options) {
         Ok(upgrader) => upgrader,
         Err(e) => {
@@ -803,11 +839,15 @@ fn serve(args: &[String], fds_at_start: &[i32]) -> ExitCode {
     let addr = listener.local_addr().unwrap();
     let tracker = Tracker::new(&shutdown);
     let mut listener = tracker.listen(Async::new(listener).unwrap());
-    let mut signals = SignalHandler::new(&shutdown)
-        .unwrap()
-        .upgrader(upgrader.clone());
+    let bare = upgrader.has_parent() && args.iter().any(|a| a == "--bare");
+    let mut signals = (!bare).then(|| {
+        SignalHandler::new(&shutdown)
+            .unwrap()
+            .upgrader(upgrader.clone())
+    });
     upgrader.ready().unwrap();
     println!("ready {pid} {addr}");
+    let _filler = opt("--spare-fds").map(|spare| fill_fd_table(spare.parse().unwrap()));
 
     let executor = smol::LocalExecutor::new();
     let accept = async {
@@ -827,6 +867,9 @@ fn serve(args: &[String], fds_at_start: &[i32]) -> ExitCode {
         future::pending::<()>().await
     };
     let events = async {
+        let Some(signals) = signals.as_mut() else {
+            return future::pending().await;
+        };
         loop {
             println!("event {pid} {}", signals.next().await);
         }
@@ -846,6 +889,27 @@ fn serve(args: &[String], fds_at_start: &[i32]) -> ExitCode {
     )));
     println!("stopped {pid}");
     ExitCode::SUCCESS
+}
+
+/// Lowers the soft fd limit to 64 and opens `/dev/null` until the table is
+/// full but for `spare` fds. The fds stay open as long as the result lives.
+fn fill_fd_table(spare: usize) -> Vec<rustix::fd::OwnedFd> {
+    let limit = rustix::process::Rlimit {
+        current: Some(64),
+        maximum: rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum,
+    };
+    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit).unwrap();
+    let mut fds = Vec::new();
+    while let Ok(fd) = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        fds.push(fd);
+        assert!(fds.len() < 64, "the fd limit is not enforced");
+    }
+    fds.truncate(fds.len() - spare);
+    fds
 }
 
 /// `--bad MODE`: a next generation that never becomes ready.
@@ -970,4 +1034,225 @@ fn bad_names() -> ExitCode {
         Err(e) => println!("upgrade failed: {e}"),
     }
     ExitCode::SUCCESS
+}
+
+// ------------------------------------------------------------------ spawning
+
+/// The test hook that makes the next generation stop itself (SIGSTOP)
+/// between clone and exec. Read by the parent at upgrade time, never passed
+/// on, so it acts on the first upgrade of the generation started with it.
+const STOP_BEFORE_EXEC: (&str, &str) = ("SEAMLESS_TEST_STOP_BEFORE_EXEC", "1");
+
+fn the_parent_serves_while_its_child_is_stopped_before_exec() {
+    let server = Server::start(&["--ready-timeout-ms", "10000"], &[STOP_BEFORE_EXEC]);
+    server.sighup();
+    let child = stopped_child_of(server.pid);
+    // The executor does not wait for the child's exec: it answers.
+    assert_eq!(ask_pid(server.addr), server.pid);
+    // The ready timeout runs from the start of the upgrade, so it also ends
+    // a child that never reaches exec; the child is killed and reaped.
+    let line = server.expect(&format!("event {} upgrade failed", server.pid));
+    assert!(line.contains("not ready within 10s"), "{line}");
+    wait_gone(child);
+    server.assert_still_serving_alone();
+    server.stop();
+}
+
+fn a_signal_to_the_child_before_exec_is_the_childs() {
+    for (signal, event) in [
+        (Signal::TERM, "Term: draining"),
+        (Signal::QUIT, "Quit: stopping now"),
+    ] {
+        let server = Server::start(&[], &[STOP_BEFORE_EXEC]);
+        server.sighup();
+        let child = stopped_child_of(server.pid);
+        kill(child, signal);
+        kill(child, Signal::CONT);
+        // Held back until the new generation has its own handlers, then
+        // acted on there; the parent only sees its successor become ready.
+        server.expect(&format!("event {} generation {child} is ready", server.pid));
+        server.expect(&format!("event {child} {event}"));
+        for pid in [child, server.pid] {
+            server.expect(&format!("stopped {pid}"));
+            wait_gone(pid);
+        }
+        let name = event.split(':').next().unwrap();
+        assert!(
+            !server.seen(&format!("event {} {name}", server.pid)),
+            "the parent acted on its child's {name}"
+        );
+    }
+}
+
+fn no_thread_of_a_new_generation_blocks_signals() {
+    let server = Server::start(&[], &[]);
+    server.sighup();
+    let line = server.expect(&format!("event {} generation", server.pid));
+    let child: u32 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    // Printed once ready() has returned.
+    server.expect(&format!("ready {child} "));
+    let masks = thread_masks(child);
+    assert!(masks.len() >= 2, "the reactor's thread exists: {masks:?}");
+    for (tid, blocked) in masks {
+        assert_eq!(blocked, 0, "thread {tid} of {child} blocks {blocked:#x}");
+    }
+    assert_eq!(ask_pid(server.addr), child);
+    server.expect(&format!("stopped {}", server.pid));
+    wait_gone(server.pid);
+    kill(child, Signal::TERM);
+    server.expect(&format!("stopped {child}"));
+    wait_gone(child);
+}
+
+fn a_signal_held_during_start_up_acts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--hold-start", dir.path().to_str().unwrap()], &[]);
+    let let_go = |pid: u32| std::fs::write(dir.path().join(format!("go-{pid}")), "").unwrap();
+    server.sighup();
+    let starting = server.expect("start-held ");
+    let second: u32 = starting.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kill(second, Signal::HUP);
+    let_go(second);
+    server.expect(&format!("event {second} Hup: starting the next generation"));
+    // The third generation is held: a second HUP would be read by the
+    // second generation's loop during this upgrade, and refused.
+    let starting = server.expect("start-held ");
+    let third: u32 = starting.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let_go(third);
+    server.expect(&format!("event {second} generation {third} is ready"));
+    for pid in [server.pid, second] {
+        server.expect(&format!("stopped {pid}"));
+        wait_gone(pid);
+    }
+    assert!(
+        !server.seen(&format!("event {second} Hup")) && !server.seen("already in progress"),
+        "the held SIGHUP was delivered twice"
+    );
+    // After the hand-over too: a second delivery would make it immediate,
+    // read in the same pass as the first.
+    kill(third, Signal::TERM);
+    server.expect(&format!("event {third} Term: draining"));
+    server.expect(&format!("stopped {third}"));
+    assert!(
+        !server.seen(&format!("event {third} Term: stopping now")),
+        "a SIGTERM after start-up was delivered twice"
+    );
+    wait_gone(third);
+}
+
+fn a_start_up_signal_without_a_handler_takes_effect_at_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &["--hold-start", dir.path().to_str().unwrap(), "--bare"],
+        &[],
+    );
+    server.sighup();
+    let starting = server.expect("start-held ");
+    let second: u32 = starting.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kill(second, Signal::TERM);
+    std::fs::write(dir.path().join(format!("go-{second}")), "").unwrap();
+    // No handler ever takes it: SIGTERM's default action ends the new
+    // generation in ready(), before it tells its parent.
+    let line = server.expect(&format!("event {} upgrade failed", server.pid));
+    assert!(line.contains("exited before it was ready"), "{line}");
+    assert!(line.contains("SIGTERM"), "{line}");
+    assert!(!server.seen(&format!("ready {second} ")));
+    server.assert_still_serving_alone();
+    server.stop();
+}
+
+fn a_failed_exec_names_the_program_and_the_errno() {
+    let missing = "/nonexistent/seamless-next";
+    let server = Server::start(&["--program", missing], &[]);
+    server.sighup();
+    let line = server.expect(&format!("event {} upgrade failed", server.pid));
+    assert!(
+        line.contains("could not start the next generation"),
+        "{line}"
+    );
+    assert!(line.contains(missing), "names the program: {line}");
+    assert!(line.contains("(os error 2)"), "gives the errno: {line}");
+    server.assert_still_serving_alone();
+    server.stop();
+}
+
+fn emfile_on_the_readiness_pipe_is_a_spawn_error() {
+    // One fd left: enough to accept a connection, not for a pipe.
+    let server = Server::start(&["--spare-fds", "1"], &[]);
+    server.sighup();
+    let line = server.expect(&format!("event {} upgrade failed", server.pid));
+    assert!(
+        line.contains("could not start the next generation"),
+        "{line}"
+    );
+    assert!(line.contains("readiness pipe"), "says what failed: {line}");
+    assert!(line.contains("(os error 24)"), "{line}");
+    server.assert_still_serving_alone();
+    server.stop();
+}
+
+impl Server {
+    /// Whether a line containing `what` has been seen and not taken.
+    fn seen(&self, what: &str) -> bool {
+        while let Ok(line) = self.lines.try_recv() {
+            self.unmatched.borrow_mut().push(line);
+        }
+        self.unmatched
+            .borrow()
+            .iter()
+            .any(|line| line.contains(what))
+    }
+}
+
+/// Waits until `parent` has a child in the stopped state, and returns it.
+fn stopped_child_of(parent: u32) -> u32 {
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        for child in children_of(parent) {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // The state follows the command name, which ends with ')'.
+            let state = stat
+                .rsplit(") ")
+                .next()
+                .and_then(|rest| rest.chars().next());
+            if matches!(state, Some('T' | 't')) {
+                return child;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("no stopped child of {parent} within {TIMEOUT:?}");
+}
+
+/// The children of every thread of `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .flat_map(|task| {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Each thread of `pid` with its blocked-signal mask (`SigBlk`).
+fn thread_masks(pid: u32) -> Vec<(u32, u64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("SigBlk:"))?;
+            let mask = u64::from_str_radix(line["SigBlk:".len()..].trim(), 16).ok()?;
+            Some((tid, mask))
+        })
+        .collect()
 }

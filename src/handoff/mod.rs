@@ -19,8 +19,11 @@
 //!    start-up, so a replaced binary is picked up) with the same arguments
 //!    and environment, and the registered fds at 3, 4, ..., described by the
 //!    systemd socket-activation variables `LISTEN_FDS`, `LISTEN_FDNAMES` and
-//!    `LISTEN_PID` (the child's own pid, written after fork). One more fd,
-//!    named `seamless-ready`, is the readiness pipe. Nothing else leaks in.
+//!    `LISTEN_PID` (the child's own pid, written in the child before exec).
+//!    One more fd, named `seamless-ready`, is the readiness pipe. Nothing
+//!    else leaks in. The child is created on a short-lived thread, without
+//!    copying this process's memory; the executor never waits for its
+//!    exec, and the ready timeout counts from the start of the upgrade.
 //! 3. The child's [`Upgrader::new`] takes the fds; its listeners come back by
 //!    name; it calls [`Upgrader::ready`], which writes `ready` on the pipe.
 //! 4. The parent then starts draining (its [`Shutdown`] goes to
@@ -69,7 +72,7 @@ use std::net::{TcpListener, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -95,6 +98,7 @@ use crate::sd;
 use fds::Fds;
 use inherit::{wrong_type, Inherited, READY_PIPE_NAME};
 use ready::{ReadyReader, ReadyStatus};
+use spawn::NextChild;
 
 /// How to start and judge the next generation.
 ///
@@ -263,7 +267,13 @@ impl Upgrader {
     /// Takes the fds this process inherited (from a previous generation or
     /// from systemd) and resolves the program to start next.
     ///
-    /// Call it once, early in `main`, before anything else opens fds.
+    /// Call it once, early in `main`, before anything else opens fds or
+    /// starts a thread: in a new generation, it also takes over the
+    /// start-up signals (SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR2), held
+    /// back until now by a mask that threads started earlier would keep.
+    /// They are delivered once handlers are installed, or take their default
+    /// effect at [`ready`](Upgrader::ready).
+    ///
     /// Socket-activation variables meant for another process (`LISTEN_PID`
     /// unset or not this process) are ignored, as systemd's own
     /// `sd_listen_fds()` does, and logged.
@@ -279,6 +289,12 @@ impl Upgrader {
             sockets,
             ready_pipe,
         } = inherit::take()?;
+        if ready_pipe.is_some() {
+            // Started by a previous generation, with the start-up signals
+            // blocked: record them instead, so that threads started from
+            // now on do not inherit a blocked mask.
+            sys::signal::defer_startup_signals().map_err(InheritError::Io)?;
+        }
         let program = match &options.program {
             Some(program) => program.clone(),
             None => std::env::current_exe().map_err(InheritError::Io)?,
@@ -447,8 +463,11 @@ impl Upgrader {
             return Ok(());
         }
         lock(&self.inner.fds).close_unclaimed();
-        // Signals held back during start-up are delivered from here on.
-        sys::process::block_startup_signals(false)?;
+        // A start-up signal held back so far takes effect now: through the
+        // handlers installed since, or with its default action (a SIGTERM
+        // nobody handles ends us here, before we tell anyone we are ready).
+        sys::signal::release_startup_signals(sys::signal::STARTUP_SIGNALS);
+        sys::signal::unblock_startup_signals()?;
         if !readiness.told {
             match &readiness.pipe {
                 Some(pipe) => tell_parent(pipe)?,
@@ -544,26 +563,42 @@ impl Upgrader {
     }
 
     async fn start_next(&self) -> Result<u32, UpgradeError> {
-        let (pipe_read, pipe_write) = sys::pipe_cloexec().map_err(UpgradeError::Io)?;
+        // The ready timeout covers everything from here, spawning included.
+        let timeout = self.inner.options.ready_timeout;
+        let expired = Timer::after(timeout);
+        let (pipe_read, pipe_write) = sys::pipe_cloexec()
+            .map_err(|e| UpgradeError::Spawn(spawn::context("creating the readiness pipe", e)))?;
         let mut child = {
             let fds = lock(&self.inner.fds);
             let mut passed: Vec<(&str, BorrowedFd<'_>)> = fds.passing().collect();
             passed.push((READY_PIPE_NAME, pipe_write.as_fd()));
-            spawn::spawn(&self.inner.program, &self.inner.args, &passed)
-                .map_err(UpgradeError::Spawn)?
+            spawn::start(
+                spawn::Program::Path(&self.inner.program),
+                &self.inner.args,
+                &passed,
+            )
+            .map_err(UpgradeError::Spawn)?
         };
         // Only the child may hold the write end, so its exit reads as EOF.
         drop(pipe_write);
-        let timeout = self.inner.options.ready_timeout;
-        let waited = futures_lite::future::or(wait_ready(pipe_read), async {
-            Timer::after(timeout).await;
-            Err(UpgradeError::Timeout(timeout))
-        })
+        let waited = futures_lite::future::or(
+            async {
+                let pid = child.exec().await.map_err(UpgradeError::Spawn)?;
+                wait_ready(pipe_read, &mut child).await.map(|()| pid)
+            },
+            async {
+                expired.await;
+                Err(UpgradeError::Timeout(timeout))
+            },
+        )
         .await;
         match waited {
-            Ok(()) => Ok(child.id()),
+            Ok(pid) => {
+                child.release();
+                Ok(pid)
+            }
             Err(error) => {
-                let status = kill_and_reap(&mut child);
+                let status = child.kill_and_reap().await;
                 Err(match (error, status) {
                     (UpgradeError::Protocol(ReadyError::ClosedEarly { .. }), Ok(status)) => {
                         UpgradeError::Exited(status)
@@ -576,32 +611,36 @@ impl Upgrader {
 }
 
 /// Reads the readiness pipe until the child says `ready`, closes it early,
-/// or writes something else.
-async fn wait_ready(pipe: OwnedFd) -> Result<(), UpgradeError> {
+/// or writes something else; or until the child exits (even if something
+/// it started still holds the pipe open).
+async fn wait_ready(pipe: OwnedFd, child: &mut NextChild) -> Result<(), UpgradeError> {
     let pipe = Async::new(pipe).map_err(UpgradeError::Io)?;
-    let mut reader = ReadyReader::new();
-    let mut buf = [0u8; 64];
-    loop {
-        let n = pipe
-            .read_with(|fd| sys::read(fd, &mut buf))
-            .await
-            .map_err(UpgradeError::Io)?;
-        if n == 0 {
-            return reader.finish().map_err(UpgradeError::Protocol);
+    let read = async {
+        let mut reader = ReadyReader::new();
+        let mut buf = [0u8; 64];
+        loop {
+            let n = pipe
+                .read_with(|fd| sys::read(fd, &mut buf))
+                .await
+                .map_err(UpgradeError::Io)?;
+            if n == 0 {
+                return reader.finish().map_err(UpgradeError::Protocol);
+            }
+            match reader.feed(&buf[..n]) {
+                Ok(ReadyStatus::Ready) => return Ok(()),
+                Ok(ReadyStatus::Incomplete) => {}
+                Err(e) => return Err(UpgradeError::Protocol(e)),
+            }
         }
-        match reader.feed(&buf[..n]) {
-            Ok(ReadyStatus::Ready) => return Ok(()),
-            Ok(ReadyStatus::Incomplete) => {}
-            Err(e) => return Err(UpgradeError::Protocol(e)),
-        }
-    }
-}
-
-/// Kills a failed child and reaps it, so no zombie is left. The wait is
-/// short: SIGKILL cannot be caught.
-fn kill_and_reap(child: &mut Child) -> io::Result<ExitStatus> {
-    let _ = child.kill();
-    child.wait()
+    };
+    let exited = async {
+        Err(match child.exited().await {
+            Ok(status) => UpgradeError::Exited(status),
+            Err(e) => UpgradeError::Io(e),
+        })
+    };
+    // The pipe first: a child that said ready and then exited did say it.
+    futures_lite::future::or(read, exited).await
 }
 
 /// Writes `pid` to `path` atomically: a reader sees the old pid or the new
