@@ -2,7 +2,7 @@
 //! feature, nothing without it. The one place that feature is checked.
 
 #[cfg(feature = "systemd")]
-pub(crate) use crate::systemd::{main_pid_ready, ready, reloading, stopping};
+pub(crate) use crate::systemd::{main_pid_ready, ready, reloading, status, stopping};
 
 #[cfg(not(feature = "systemd"))]
 pub(crate) use off::*;
@@ -24,6 +24,10 @@ mod off {
     }
 
     pub(crate) fn main_pid_ready(_pid: u32) -> io::Result<bool> {
+        Ok(false)
+    }
+
+    pub(crate) fn status(_text: &str) -> io::Result<bool> {
         Ok(false)
     }
 }

@@ -418,6 +418,19 @@ impl Shutdown {
         self.inner.guards.load(Ordering::SeqCst)
     }
 
+    /// Waits until the service is asked to stop (a graceful or immediate
+    /// trigger with [`Reason::Stop`]), even while a pre-drain delay holds
+    /// off the drain. A handover never ends this wait.
+    pub(crate) async fn stop_requested(&self) {
+        loop {
+            let listener = self.inner.changed.listen();
+            if self.reason() == Some(Reason::Stop) {
+                return;
+            }
+            listener.await;
+        }
+    }
+
     /// Registers a hook run at phase changes. Hooks are held weakly.
     pub(crate) fn add_hook(&self, hook: Weak<dyn PhaseHook>) {
         let mut hooks = lock(&self.inner.hooks);

@@ -93,8 +93,14 @@ pub enum Event {
         /// The signal that asked for it.
         signal: Signal,
     },
-    /// The next generation is ready; this process is draining.
+    /// The next generation is ready; this process is draining, and
+    /// watches it for its probation time.
     Upgraded {
+        /// The new generation's pid.
+        pid: u32,
+    },
+    /// The new generation lived through its probation: the upgrade is over.
+    ProbationPassed {
         /// The new generation's pid.
         pid: u32,
     },
@@ -116,6 +122,7 @@ impl fmt::Display for Event {
                 write!(f, "{signal:?}: starting the next generation")
             }
             Event::Upgraded { pid } => write!(f, "generation {pid} is ready; draining"),
+            Event::ProbationPassed { pid } => write!(f, "generation {pid} passed its probation"),
             Event::UpgradeFailed(e) => write!(f, "upgrade failed: {e}"),
             Event::UpgradeIgnored { signal } => write!(f, "{signal:?}: no upgrader, ignored"),
         }
@@ -123,6 +130,13 @@ impl fmt::Display for Event {
 }
 
 type UpgradeFuture = Pin<Box<dyn Future<Output = Result<u32, UpgradeError>> + Send>>;
+
+/// What woke [`SignalHandler::next`] during an upgrade.
+enum Step {
+    Done(Result<u32, UpgradeError>),
+    Ready(u32),
+    Signal(Option<io::Result<Signal>>),
+}
 
 /// Turns OS signals into shutdown and upgrade actions.
 pub struct SignalHandler {
@@ -132,6 +146,8 @@ pub struct SignalHandler {
     upgrader: Option<Upgrader>,
     graceful_seen: bool,
     upgrading: Option<UpgradeFuture>,
+    /// The running upgrade's new generation was reported ready.
+    announced: bool,
 }
 
 impl fmt::Debug for SignalHandler {
@@ -175,6 +191,7 @@ impl SignalHandler {
             upgrader: None,
             graceful_seen: false,
             upgrading: None,
+            announced: false,
         })
     }
 
@@ -190,17 +207,41 @@ impl SignalHandler {
         loop {
             let signal = match self.upgrading.as_mut() {
                 Some(upgrade) => {
-                    let upgrade_done = async { Err(upgrade.await) };
-                    let signal = async { Ok(self.signals.next().await) };
-                    match futures_lite::future::or(upgrade_done, signal).await {
-                        Err(outcome) => {
+                    let upgrade_done = async { Step::Done(upgrade.await) };
+                    let signal = async { Step::Signal(self.signals.next().await) };
+                    // The new generation's readiness comes before the end of
+                    // its probation, from the same upgrade.
+                    let ready = async {
+                        match (&self.upgrader, self.announced) {
+                            (Some(upgrader), false) => loop {
+                                let changed = upgrader.ready_child_changed();
+                                if let Some(pid) = upgrader.ready_child() {
+                                    return Step::Ready(pid);
+                                }
+                                changed.await;
+                            },
+                            _ => futures_lite::future::pending().await,
+                        }
+                    };
+                    match futures_lite::future::or(
+                        upgrade_done,
+                        futures_lite::future::or(ready, signal),
+                    )
+                    .await
+                    {
+                        Step::Done(outcome) => {
                             self.upgrading = None;
-                            return match outcome {
-                                Ok(pid) => Event::Upgraded { pid },
-                                Err(e) => Event::UpgradeFailed(e),
+                            return match (outcome, self.announced) {
+                                (Ok(pid), true) => Event::ProbationPassed { pid },
+                                (Ok(pid), false) => Event::Upgraded { pid },
+                                (Err(e), _) => Event::UpgradeFailed(e),
                             };
                         }
-                        Ok(signal) => signal,
+                        Step::Ready(pid) => {
+                            self.announced = true;
+                            return Event::Upgraded { pid };
+                        }
+                        Step::Signal(signal) => signal,
                     }
                 }
                 None => self.signals.next().await,
@@ -236,6 +277,7 @@ impl SignalHandler {
                     return Some(Event::UpgradeFailed(UpgradeError::InProgress));
                 }
                 self.upgrading = Some(Box::pin(async move { upgrader.upgrade().await }));
+                self.announced = false;
                 Event::UpgradeStarted { signal }
             }
         })

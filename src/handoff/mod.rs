@@ -77,7 +77,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_io::{Async, Timer};
+use async_io::Timer;
+use futures_lite::future;
 use rustix::net::{AddressFamily, SocketType};
 
 use crate::shutdown::{lock, PhaseHook, Shutdown};
@@ -87,18 +88,18 @@ pub(crate) mod channel;
 pub(crate) mod env;
 mod fds;
 mod inherit;
+mod next;
 pub(crate) mod ready;
 mod spawn;
 
 pub use env::{remove_activation_env, EnvError};
 pub use inherit::InheritError;
+pub use next::UpgradeError;
 pub use ready::ReadyError;
 
 use crate::sd;
 use fds::Fds;
 use inherit::{wrong_type, Inherited, READY_PIPE_NAME};
-use ready::{ReadyReader, ReadyStatus};
-use spawn::NextChild;
 
 /// How to start and judge the next generation.
 ///
@@ -115,6 +116,7 @@ pub struct Options {
     program: Option<PathBuf>,
     args: Option<Vec<OsString>>,
     ready_timeout: Duration,
+    probation: Duration,
     pid_file: Option<PathBuf>,
 }
 
@@ -124,6 +126,7 @@ impl Default for Options {
             program: None,
             args: None,
             ready_timeout: Duration::from_secs(60),
+            probation: Duration::from_secs(5),
             pid_file: None,
         }
     }
@@ -154,69 +157,36 @@ impl Options {
         self
     }
 
+    /// How long a new generation is watched after it became ready
+    /// (default 5 s; zero turns probation off).
+    ///
+    /// Meanwhile this (old) generation keeps its copies of the listening
+    /// sockets open, not accepting, so that the kernel queues new
+    /// connections rather than refusing them if the new generation dies.
+    /// If it dies (killed by a signal, or exits with a failure) within the
+    /// probation time, this generation starts a replacement from **its
+    /// own** executable (opened at start-up, so a bad binary that replaced
+    /// it on disk does not matter) with the same sockets, and that one
+    /// serves: a build that crashes on its first requests cannot take the
+    /// service down. The upgrade's future resolves at the end of probation,
+    /// with [`UpgradeError::DiedInProbation`] if a replacement was needed.
+    ///
+    /// Why 5 s: a build that crashes on its first requests does so within
+    /// moments under any real traffic, and the cost of watching is only
+    /// that the old generation, idle and not accepting, stays alive that
+    /// long (probation holds off its [`Stopped`](crate::Phase::Stopped),
+    /// within its drain deadline). A crash after that is a bug for the
+    /// service manager's restart policy, not for a rollback.
+    pub fn probation(mut self, probation: Duration) -> Self {
+        self.probation = probation;
+        self
+    }
+
     /// A file each generation writes its pid to when it becomes ready
     /// (atomically: write, then rename).
     pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.pid_file = Some(path.into());
         self
-    }
-}
-
-/// Why an upgrade did not happen. In every case this process goes on
-/// serving, untouched.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum UpgradeError {
-    /// This process has not called [`Upgrader::ready`] yet.
-    NotReady,
-    /// Another upgrade is in progress.
-    InProgress,
-    /// This process is already draining.
-    ShuttingDown,
-    /// The next generation could not be started.
-    Spawn(io::Error),
-    /// The next generation exited before it was ready.
-    Exited(ExitStatus),
-    /// The next generation was not ready in time; it was killed.
-    Timeout(Duration),
-    /// The next generation broke the readiness protocol; it was killed.
-    Protocol(ReadyError),
-    /// A syscall failed while waiting; the child was killed.
-    Io(io::Error),
-}
-
-impl fmt::Display for UpgradeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            UpgradeError::NotReady => write!(f, "not ready yet: call ready() first"),
-            UpgradeError::InProgress => write!(f, "an upgrade is already in progress"),
-            UpgradeError::ShuttingDown => write!(f, "already shutting down"),
-            UpgradeError::Spawn(e) => write!(f, "could not start the next generation: {e}"),
-            UpgradeError::Exited(status) => {
-                write!(
-                    f,
-                    "the next generation exited before it was ready ({status})"
-                )
-            }
-            UpgradeError::Timeout(t) => {
-                write!(
-                    f,
-                    "the next generation was not ready within {t:?}; killed it"
-                )
-            }
-            UpgradeError::Protocol(e) => write!(f, "{e}; killed it"),
-            UpgradeError::Io(e) => write!(f, "waiting for the next generation: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for UpgradeError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            UpgradeError::Spawn(e) | UpgradeError::Io(e) => Some(e),
-            UpgradeError::Protocol(e) => Some(e),
-            _ => None,
-        }
     }
 }
 
@@ -241,6 +211,15 @@ struct Inner {
     ready: AtomicBool,
     upgrading: AtomicBool,
     has_parent: bool,
+    /// This process's own executable and arguments, opened and read at
+    /// start-up: what replaces a new generation that dies in probation.
+    own_exe: Option<OwnedFd>,
+    own_args: Vec<OsString>,
+    /// The pid of the generation the running upgrade has made ready, for
+    /// observers ([`SignalHandler`](crate::signals::SignalHandler)) that
+    /// report it before probation ends.
+    ready_child: Mutex<Option<u32>>,
+    ready_child_set: event_listener::Event,
 }
 
 /// How far [`Upgrader::ready`] has got, so a call after a failed one
@@ -303,11 +282,19 @@ impl Upgrader {
             .args
             .clone()
             .unwrap_or_else(|| std::env::args_os().collect());
+        // Opened now, before a deploy can replace the file.
+        let own_exe = sys::process::open_current_exe()
+            .inspect_err(|e| tracing::warn!(%e, "cannot open this process's executable: no replacement in probation"))
+            .ok();
         let inner = Arc::new(Inner {
             shutdown: shutdown.clone(),
             program,
             args,
             options,
+            own_exe,
+            own_args: std::env::args_os().collect(),
+            ready_child: Mutex::new(None),
+            ready_child_set: event_listener::Event::new(),
             has_parent: ready_pipe.is_some(),
             fds: Mutex::new(Fds::new(sockets)),
             unix_paths: Mutex::new(Vec::new()),
@@ -494,13 +481,21 @@ impl Upgrader {
         Ok(())
     }
 
-    /// Starts the next generation and waits until it is ready.
+    /// Starts the next generation, waits until it is ready, hands over to
+    /// it, and watches it for the [probation](Options::probation) time.
     ///
-    /// On success this process starts draining (within the coordinator's
-    /// [`drain_timeout`](Shutdown::drain_timeout), with
-    /// [`Reason::Upgrade`](crate::Reason::Upgrade)) and the future resolves
-    /// to the child's pid. On failure the child is killed and reaped, this
-    /// process goes on serving untouched, and the error says what happened.
+    /// Once the child is ready this process starts draining (within the
+    /// coordinator's [`drain_timeout`](Shutdown::drain_timeout), with
+    /// [`Reason::Upgrade`](crate::Reason::Upgrade)); the future resolves to
+    /// the child's pid when its probation is over. Keep polling it until
+    /// then: it holds off this process's [`Stopped`](crate::Phase::Stopped)
+    /// so the sockets stay open for a replacement.
+    ///
+    /// On failure the child is killed and reaped, this process goes on
+    /// serving untouched, and the error says what happened. A stop asked
+    /// for meanwhile (a signal, [`Shutdown::graceful`],
+    /// [`Shutdown::immediate`]) aborts the upgrade: the child is killed, or
+    /// told to stop too if it was ready already ([`UpgradeError::Aborted`]).
     /// Under systemd it sends `RELOADING=1` first, then `MAINPID=` and
     /// `READY=1` for whichever process serves afterwards.
     ///
@@ -509,7 +504,7 @@ impl Upgrader {
     /// See [`UpgradeError`].
     pub async fn upgrade(&self) -> Result<u32, UpgradeError> {
         let inner = &self.inner;
-        if inner.shutdown.is_draining() {
+        if inner.shutdown.is_draining() || inner.shutdown.reason().is_some() {
             return Err(UpgradeError::ShuttingDown);
         }
         if !self.is_ready() {
@@ -519,26 +514,144 @@ impl Upgrader {
             return Err(UpgradeError::InProgress);
         }
         let _upgrading = ClearOnDrop(&inner.upgrading);
+        // Until the upgrade has settled, this process does not stop: an
+        // aborted child is reaped, a ready one watched.
+        let _guard = inner.shutdown.guard();
+        *lock(&inner.ready_child) = None;
         let _ = sd::reloading();
         let started = std::time::Instant::now();
         tracing::info!(program = %inner.program.display(), "upgrade: starting the next generation");
-        let outcome = self.start_next().await;
-        match &outcome {
-            Ok(pid) => {
-                tracing::info!(pid, elapsed = ?started.elapsed(), "upgrade: the next generation is ready; draining");
-                let _ = sd::main_pid_ready(*pid);
-                inner.shutdown.hand_over();
-            }
-            Err(error) => {
-                tracing::warn!(%error, elapsed = ?started.elapsed(), "upgrade failed; still serving");
-                let _ = sd::ready();
-                // The child may have written the pid file before failing.
-                if let Some(path) = &inner.options.pid_file {
-                    let _ = write_pid_file(path, std::process::id());
+
+        let program = spawn::Program::Path(&inner.program);
+        let attempt = self.start_ready(program, &inner.args);
+        let stop = inner.shutdown.stop_requested();
+        let outcome = future::or(async { Some(attempt.await) }, async {
+            stop.await;
+            None // the attempt is dropped: its child is killed and reaped
+        })
+        .await;
+        let (pid, mut child) = match outcome {
+            Some(Ok(ready)) => ready,
+            Some(Err(error)) => return Err(self.rolled_back(error, started)),
+            None => return Err(self.rolled_back(UpgradeError::Aborted, started)),
+        };
+        if inner.shutdown.reason() == Some(crate::Reason::Stop) {
+            // Ready just as the service was told to stop: it stops too.
+            let signal = match inner.shutdown.is_stopped() {
+                true => rustix::process::Signal::QUIT,
+                false => rustix::process::Signal::TERM,
+            };
+            tracing::warn!(
+                pid,
+                ?signal,
+                "upgrade: a stop was asked for; stopping the new generation too"
+            );
+            child.signal(signal);
+            match inner.shutdown.deadline() {
+                Some(deadline) => {
+                    future::or(async { drop(child.exited().await) }, async {
+                        Timer::at(deadline).await;
+                    })
+                    .await
                 }
+                None => drop(child.exited().await),
+            }
+            return Err(UpgradeError::Aborted);
+        }
+        tracing::info!(pid, elapsed = ?started.elapsed(), "upgrade: the next generation is ready; draining");
+        let _ = sd::main_pid_ready(pid);
+        inner.shutdown.hand_over();
+        *lock(&inner.ready_child) = Some(pid);
+        inner.ready_child_set.notify(usize::MAX);
+
+        let outcome = match next::probation(&mut child, inner.options.probation).await {
+            None => {
+                tracing::info!(pid, "upgrade: probation passed");
+                child.release();
+                Ok(pid)
+            }
+            Some(status) => Err(self.replace(pid, status).await),
+        };
+        // The next generation holds the sockets now; ours are not needed.
+        lock(&inner.fds).stop_passing();
+        outcome
+    }
+
+    /// Starts `program` with `args` and the passed fds, and waits until it
+    /// is ready.
+    async fn start_ready(
+        &self,
+        program: spawn::Program<'_>,
+        args: &[OsString],
+    ) -> Result<(u32, spawn::NextChild), UpgradeError> {
+        next::start_ready(self.inner.options.ready_timeout, |ready_pipe| {
+            let fds = lock(&self.inner.fds);
+            let mut passed: Vec<(&str, BorrowedFd<'_>)> = fds.passing().collect();
+            passed.push((READY_PIPE_NAME, ready_pipe));
+            spawn::start(program, args, &passed)
+        })
+        .await
+    }
+
+    /// After a failed upgrade: this process serves on, and says so.
+    fn rolled_back(&self, error: UpgradeError, started: std::time::Instant) -> UpgradeError {
+        tracing::warn!(%error, elapsed = ?started.elapsed(), "upgrade failed; still serving");
+        if self.inner.shutdown.reason().is_none() {
+            let _ = sd::ready();
+            // The child may have written the pid file before failing.
+            if let Some(path) = &self.inner.options.pid_file {
+                let _ = write_pid_file(path, std::process::id());
             }
         }
-        outcome
+        error
+    }
+
+    /// The new generation `pid` died in probation: starts a replacement
+    /// from this process's own executable, with its own arguments and the
+    /// same sockets.
+    async fn replace(&self, pid: u32, status: ExitStatus) -> UpgradeError {
+        let inner = &self.inner;
+        tracing::error!(pid, %status, "upgrade: the new generation died in probation; starting a replacement");
+        let _ = sd::status(&format!(
+            "generation {pid} died in probation ({status}); starting a replacement"
+        ));
+        let replacement = match &inner.own_exe {
+            Some(exe) => {
+                let program = spawn::Program::Open(exe.as_fd());
+                self.start_ready(program, &inner.own_args).await
+            }
+            None => Err(UpgradeError::Spawn(io::Error::new(
+                io::ErrorKind::NotFound,
+                "this process's own executable could not be opened at start-up",
+            ))),
+        };
+        let replacement = match replacement {
+            Ok((new, child)) => {
+                child.release();
+                tracing::warn!(new, "upgrade: the replacement is ready and serves");
+                let _ = sd::main_pid_ready(new);
+                Ok(new)
+            }
+            Err(e) => {
+                tracing::error!(%e, "upgrade: the replacement failed; nothing serves once this process has drained");
+                Err(Box::new(e))
+            }
+        };
+        UpgradeError::DiedInProbation {
+            pid,
+            status,
+            replacement,
+        }
+    }
+
+    /// The generation the running upgrade has made ready, if it has.
+    pub(crate) fn ready_child(&self) -> Option<u32> {
+        *lock(&self.inner.ready_child)
+    }
+
+    /// Notified when [`ready_child`](Upgrader::ready_child) is set.
+    pub(crate) fn ready_child_changed(&self) -> event_listener::EventListener {
+        self.inner.ready_child_set.listen()
     }
 
     /// Whether an upgrade is in progress.
@@ -561,86 +674,6 @@ impl Upgrader {
             _ => Err(wrong_type(name, &fd, expected)),
         }
     }
-
-    async fn start_next(&self) -> Result<u32, UpgradeError> {
-        // The ready timeout covers everything from here, spawning included.
-        let timeout = self.inner.options.ready_timeout;
-        let expired = Timer::after(timeout);
-        let (pipe_read, pipe_write) = sys::pipe_cloexec()
-            .map_err(|e| UpgradeError::Spawn(spawn::context("creating the readiness pipe", e)))?;
-        let mut child = {
-            let fds = lock(&self.inner.fds);
-            let mut passed: Vec<(&str, BorrowedFd<'_>)> = fds.passing().collect();
-            passed.push((READY_PIPE_NAME, pipe_write.as_fd()));
-            spawn::start(
-                spawn::Program::Path(&self.inner.program),
-                &self.inner.args,
-                &passed,
-            )
-            .map_err(UpgradeError::Spawn)?
-        };
-        // Only the child may hold the write end, so its exit reads as EOF.
-        drop(pipe_write);
-        let waited = futures_lite::future::or(
-            async {
-                let pid = child.exec().await.map_err(UpgradeError::Spawn)?;
-                wait_ready(pipe_read, &mut child).await.map(|()| pid)
-            },
-            async {
-                expired.await;
-                Err(UpgradeError::Timeout(timeout))
-            },
-        )
-        .await;
-        match waited {
-            Ok(pid) => {
-                child.release();
-                Ok(pid)
-            }
-            Err(error) => {
-                let status = child.kill_and_reap().await;
-                Err(match (error, status) {
-                    (UpgradeError::Protocol(ReadyError::ClosedEarly { .. }), Ok(status)) => {
-                        UpgradeError::Exited(status)
-                    }
-                    (error, _) => error,
-                })
-            }
-        }
-    }
-}
-
-/// Reads the readiness pipe until the child says `ready`, closes it early,
-/// or writes something else; or until the child exits (even if something
-/// it started still holds the pipe open).
-async fn wait_ready(pipe: OwnedFd, child: &mut NextChild) -> Result<(), UpgradeError> {
-    let pipe = Async::new(pipe).map_err(UpgradeError::Io)?;
-    let read = async {
-        let mut reader = ReadyReader::new();
-        let mut buf = [0u8; 64];
-        loop {
-            let n = pipe
-                .read_with(|fd| sys::read(fd, &mut buf))
-                .await
-                .map_err(UpgradeError::Io)?;
-            if n == 0 {
-                return reader.finish().map_err(UpgradeError::Protocol);
-            }
-            match reader.feed(&buf[..n]) {
-                Ok(ReadyStatus::Ready) => return Ok(()),
-                Ok(ReadyStatus::Incomplete) => {}
-                Err(e) => return Err(UpgradeError::Protocol(e)),
-            }
-        }
-    };
-    let exited = async {
-        Err(match child.exited().await {
-            Ok(status) => UpgradeError::Exited(status),
-            Err(e) => UpgradeError::Io(e),
-        })
-    };
-    // The pipe first: a child that said ready and then exited did say it.
-    futures_lite::future::or(read, exited).await
 }
 
 /// Writes `pid` to `path` atomically: a reader sees the old pid or the new
@@ -721,14 +754,16 @@ impl Drop for ClearOnDrop<'_> {
 
 impl PhaseHook for Inner {
     fn on_draining(&self) {
-        lock(&self.fds).stop_passing();
-        // The service's end, not a handover: systemd shows it deactivating.
+        // The service's end, not a handover (where the sockets stay open
+        // through probation): systemd shows it deactivating.
         if self.shutdown.reason() == Some(crate::Reason::Stop) {
+            lock(&self.fds).stop_passing();
             let _ = sd::stopping();
         }
     }
 
     fn on_stopped(&self) {
+        lock(&self.fds).stop_passing();
         if self.shutdown.reason() != Some(crate::Reason::Stop) {
             return; // handed over: the next generation listens there
         }

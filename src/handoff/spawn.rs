@@ -229,6 +229,21 @@ impl NextChild {
         self.exited().await
     }
 
+    /// Sends `signal` to the child, if it runs (a stop for a generation
+    /// that became ready as the service was told to stop).
+    pub(crate) fn signal(&self, signal: rustix::process::Signal) {
+        if let State::Created { pid, pidfd } = &self.state {
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            if let Some(pidfd) = pidfd {
+                use std::os::fd::AsFd;
+                let _ = process::signal_pidfd(pidfd.as_fd(), signal);
+                return;
+            }
+            let _ = pidfd;
+            let _ = process::signal(*pid, signal);
+        }
+    }
+
     /// The child is the next generation now: hands it over for good (no
     /// kill, no reap).
     pub(crate) fn release(mut self) {

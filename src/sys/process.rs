@@ -189,9 +189,6 @@ pub(crate) unsafe fn fexecve(
 ///
 /// Linux: `O_PATH` (needs no read permission, only execute). Elsewhere:
 /// read-only.
-// Not wired yet: a later restart ("probation") runs a fresh generation from
-// the executable this process was started from, opened at start-up.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn open_executable(path: &Path) -> io::Result<OwnedFd> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let mode = OFlags::PATH;
@@ -205,7 +202,6 @@ pub(crate) fn open_executable(path: &Path) -> io::Result<OwnedFd> {
 /// replaced or deleted. Elsewhere through [`std::env::current_exe`], which
 /// resolves a path, so open it early (at start-up), before a deploy can
 /// replace the file.
-#[cfg_attr(not(test), allow(dead_code))] // See `open_executable`.
 pub(crate) fn open_current_exe() -> io::Result<OwnedFd> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     return open_executable(Path::new("/proc/self/exe"));
@@ -219,14 +215,25 @@ pub(crate) fn open_current_exe() -> io::Result<OwnedFd> {
 /// been reused. (Unless the application reaps children it does not own, or
 /// ignores SIGCHLD; prefer [`kill_pidfd`] where there is a pidfd.)
 pub(crate) fn kill(pid: Pid) -> io::Result<()> {
-    Ok(rustix::process::kill_process(pid, Signal::KILL)?)
+    signal(pid, Signal::KILL)
+}
+
+/// Sends `signal` to `pid`, with the same caveat as [`kill`].
+pub(crate) fn signal(pid: Pid, signal: Signal) -> io::Result<()> {
+    Ok(rustix::process::kill_process(pid, signal)?)
 }
 
 /// Sends SIGKILL through a pidfd: it always reaches the process it was
 /// opened for.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) fn kill_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<()> {
-    Ok(rustix::process::pidfd_send_signal(pidfd, Signal::KILL)?)
+    signal_pidfd(pidfd, Signal::KILL)
+}
+
+/// Sends `signal` through a pidfd.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn signal_pidfd(pidfd: BorrowedFd<'_>, signal: Signal) -> io::Result<()> {
+    Ok(rustix::process::pidfd_send_signal(pidfd, signal)?)
 }
 
 /// A pidfd for a child of ours (Linux 5.3): readable once the child has

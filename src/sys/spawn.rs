@@ -90,7 +90,6 @@ pub(crate) enum Program<'a> {
     Path(&'a Path),
     /// This open file, whatever is at its path now (see
     /// [`process::fexecve`]).
-    #[cfg_attr(not(test), allow(dead_code))] // See `process::open_executable`.
     Open(BorrowedFd<'a>),
 }
 
