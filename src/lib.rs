@@ -15,11 +15,28 @@
 //! # Implementation
 //!
 //! Nothing here spawns a task or needs an executor handle: the library hands
-//! out futures and your runtime polls them. Wakeups use `event-listener`,
-//! timers use [`async_io::Timer`], and every raw fd syscall goes through
-//! `rustix` in one private module. At drain, each idle connection's pending
-//! read is woken and returns `Ok(0)` after a lingering close, so the
-//! application's own read loop ends with no change to its code.
+//! out futures and your runtime polls them.
+//!
+//! - **Wakeups**: `event-listener` for the coordinator's phase changes, and
+//!   a lock-free waker slot per connection (`atomic-waker`) so a drain can
+//!   wake an idle connection's read without a lock on the per-request path.
+//! - **Time**: [`async_io::Timer`], so async-io's reactor must run (its own
+//!   thread, or `async_io::block_on`), as it does under smol and async-std.
+//!   **Time is enforced only while someone awaits [`Shutdown::stopped`]**
+//!   (or [`Tracker::report_drain`]): the drain deadline, and the end of a
+//!   pre-drain delay. Always await it, usually in `main`.
+//! - **Threads**: a hot restart creates the next generation on a
+//!   short-lived thread of its own (`clone` with `CLONE_VM|CLONE_VFORK` on
+//!   Linux), so the executor never waits for the child's `exec` and no page
+//!   table is copied; a child killed while it had not been reaped yet is
+//!   reaped by another short-lived thread.
+//! - **Syscalls**: every raw fd, process and signal syscall goes through one
+//!   private module, `sys`, mostly through `rustix`; it is the only place
+//!   with `unsafe`.
+//!
+//! At drain, each idle connection's pending read is woken and returns
+//! `Ok(0)` after a lingering close, so the application's own read loop ends
+//! with no change to its code.
 //!
 //! # Examples
 //!
@@ -76,7 +93,15 @@
 //! assert_eq!(&reply, b"hello");
 //! # Ok::<_, Box<dyn std::error::Error>>(()) }).unwrap();
 //! ```
-#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks
+)]
+// Only `sys` makes raw syscalls; its modules that need `unsafe` opt back in
+// and say why in a `# Safety` module doc.
 #![deny(unsafe_code)]
 
 pub mod conn;

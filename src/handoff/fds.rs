@@ -1,8 +1,11 @@
 //! The fd inventory: what this generation inherited and has not claimed
-//! yet, and what it passes on to the next generation, by name.
+//! yet, and what it passes on to the next generation, by name; and binding
+//! a fresh listener when nothing was inherited.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 
 use super::env::check_passable_name;
 use crate::sys;
@@ -95,6 +98,48 @@ fn invalid_name(name: &str, reason: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
         format!("fd name {name:?} cannot be passed on: {reason}"),
+    )
+}
+
+/// Binds a Unix listener at `path`, replacing a stale socket file: one that
+/// is a socket but refuses connections (its server is gone). A live one is
+/// left alone, and so is anything that is not a socket.
+pub(super) fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+
+    let in_use = match UnixListener::bind(path) {
+        Ok(listener) => return Ok(listener),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => e,
+        Err(e) => return Err(annotate(e, path, "")),
+    };
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if !is_socket {
+        return Err(annotate(in_use, path, " (it exists and is not a socket)"));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            tracing::info!(path = %path.display(), "replacing a stale Unix socket file");
+            std::fs::remove_file(path)
+                .map_err(|e| annotate(e, path, " (removing a stale socket)"))?;
+            UnixListener::bind(path).map_err(|e| annotate(e, path, ""))
+        }
+        _ => Err(annotate(
+            in_use,
+            path,
+            " (another server is listening on it)",
+        )),
+    }
+}
+
+fn annotate(e: io::Error, path: &Path, why: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}{why}", path.display()))
+}
+
+/// Names the listener in a bind error.
+pub(super) fn bind_error(name: &str, what: &str, e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!("listener {name:?}: cannot bind {what}: {e}"),
     )
 }
 

@@ -1,26 +1,19 @@
-//! The child side: taking, once, the fds a parent or systemd passed.
-//!
-//! # Safety
-//!
-//! The socket-activation protocol hands the fds it names to this process.
-//! We take ownership of each exactly once per process (guarded by
-//! [`TAKEN`]), and only after checking that the number is open.
-#![allow(unsafe_code)]
+//! The child side: taking, once, the fds a parent or systemd passed, and
+//! telling the parent when this generation is ready.
 
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
 
 use super::env::{parse_listen_env, Activation, EnvError, ListenFd};
-use crate::sys;
+use super::ready;
+use crate::{sd, sys};
 
 /// The name of the readiness pipe among the passed fds.
 pub(crate) const READY_PIPE_NAME: &str = "seamless-ready";
-
-static TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// Why the inherited fds could not be used.
 #[derive(Debug)]
@@ -104,9 +97,7 @@ pub(crate) struct Inherited {
 /// Reads the socket-activation variables and takes the fds they name,
 /// marking each close-on-exec again.
 pub(crate) fn take() -> Result<Inherited, InheritError> {
-    if TAKEN.swap(true, Ordering::SeqCst) {
-        return Err(InheritError::AlreadyTaken);
-    }
+    let mut passed = sys::passed::Passed::claim().ok_or(InheritError::AlreadyTaken)?;
     let var = |name: &str| std::env::var_os(name).map(OsString::into_vec);
     let own_pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
     let activation = parse_listen_env(
@@ -137,14 +128,7 @@ pub(crate) fn take() -> Result<Inherited, InheritError> {
             name: name.clone(),
             problem,
         };
-        // SAFETY: only used to ask whether the number is open; nothing is
-        // read through it if it is not.
-        if !sys::is_open(unsafe { BorrowedFd::borrow_raw(fd) }) {
-            return Err(bad("is not open"));
-        }
-        // SAFETY: the number is open and was passed to this process, which
-        // takes it once (see the module docs).
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let owned = passed.take(fd).ok_or_else(|| bad("is not open"))?;
         sys::set_cloexec(owned.as_fd(), true).map_err(InheritError::Io)?;
         if name == READY_PIPE_NAME {
             if !sys::is_fifo(&owned) {
@@ -159,6 +143,32 @@ pub(crate) fn take() -> Result<Inherited, InheritError> {
         }
     }
     Ok(inherited)
+}
+
+/// Writes `ready` on the pipe to the parent. A parent that is gone (killed
+/// while we started) is not an error: we carry on as the only generation.
+pub(super) fn tell_parent(pipe: &OwnedFd) -> io::Result<()> {
+    match ready::write_ready(pipe) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            tracing::warn!("the parent generation is gone; carrying on as the only generation");
+            let _ = sd::main_pid_ready(std::process::id());
+            Ok(())
+        }
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("telling the parent generation we are ready: {e}"),
+        )),
+    }
+}
+
+/// Writes `pid` to `path` atomically: a reader sees the old pid or the new
+/// one, never a partial file.
+pub(super) fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{pid}.tmp"));
+    std::fs::write(&tmp, format!("{pid}\n"))?;
+    std::fs::rename(&tmp, path)
 }
 
 /// An fd that claims to be what `expected` says but is not.

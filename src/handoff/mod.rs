@@ -99,7 +99,8 @@ pub use ready::ReadyError;
 
 use crate::sd;
 use fds::Fds;
-use inherit::{wrong_type, Inherited, READY_PIPE_NAME};
+use fds::{bind_error, bind_unix};
+use inherit::{tell_parent, write_pid_file, wrong_type, Inherited, READY_PIPE_NAME};
 
 /// How to start and judge the next generation.
 ///
@@ -673,74 +674,6 @@ impl Upgrader {
             Ok(info) if check(&info) => Ok(Some(fd)),
             _ => Err(wrong_type(name, &fd, expected)),
         }
-    }
-}
-
-/// Writes `pid` to `path` atomically: a reader sees the old pid or the new
-/// one, never a partial file.
-fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{pid}.tmp"));
-    std::fs::write(&tmp, format!("{pid}\n"))?;
-    std::fs::rename(&tmp, path)
-}
-
-/// Binds a Unix listener at `path`, replacing a stale socket file: one that
-/// is a socket but refuses connections (its server is gone). A live one is
-/// left alone, and so is anything that is not a socket.
-fn bind_unix(path: &Path) -> io::Result<UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
-
-    let in_use = match UnixListener::bind(path) {
-        Ok(listener) => return Ok(listener),
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => e,
-        Err(e) => return Err(annotate(e, path, "")),
-    };
-    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
-    if !is_socket {
-        return Err(annotate(in_use, path, " (it exists and is not a socket)"));
-    }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            tracing::info!(path = %path.display(), "replacing a stale Unix socket file");
-            std::fs::remove_file(path)
-                .map_err(|e| annotate(e, path, " (removing a stale socket)"))?;
-            UnixListener::bind(path).map_err(|e| annotate(e, path, ""))
-        }
-        _ => Err(annotate(
-            in_use,
-            path,
-            " (another server is listening on it)",
-        )),
-    }
-}
-
-fn annotate(e: io::Error, path: &Path, why: &str) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}{why}", path.display()))
-}
-
-/// Names the listener in a bind error.
-fn bind_error(name: &str, what: &str, e: io::Error) -> io::Error {
-    io::Error::new(
-        e.kind(),
-        format!("listener {name:?}: cannot bind {what}: {e}"),
-    )
-}
-
-/// Writes `ready` on the pipe to the parent. A parent that is gone (killed
-/// while we started) is not an error: we carry on as the only generation.
-fn tell_parent(pipe: &OwnedFd) -> io::Result<()> {
-    match ready::write_ready(pipe) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-            tracing::warn!("the parent generation is gone; carrying on as the only generation");
-            let _ = sd::main_pid_ready(std::process::id());
-            Ok(())
-        }
-        Err(e) => Err(io::Error::new(
-            e.kind(),
-            format!("telling the parent generation we are ready: {e}"),
-        )),
     }
 }
 

@@ -27,7 +27,7 @@ use crate::sys;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum UpgradeError {
-    /// This process has not called [`Upgrader::ready`] yet.
+    /// This process has not called [`Upgrader::ready`](super::Upgrader::ready) yet.
     NotReady,
     /// Another upgrade is in progress.
     InProgress,
@@ -38,7 +38,7 @@ pub enum UpgradeError {
     /// stop too. Nothing is left of it.
     Aborted,
     /// The next generation became ready, then died within the
-    /// [probation](Options::probation) time. This process started a
+    /// [probation](super::Options::probation) time. This process started a
     /// replacement from its own executable, with the same sockets.
     DiedInProbation {
         /// The generation that died.

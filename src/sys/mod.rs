@@ -7,6 +7,7 @@
 //! signal handler keep it inside and say why it is sound.
 
 mod fd;
+pub(crate) mod passed;
 pub(crate) mod process;
 pub(crate) mod scm;
 pub(crate) mod signal;
