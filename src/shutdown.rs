@@ -20,6 +20,8 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::future::Future;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
@@ -50,6 +52,10 @@ pub(crate) trait PhaseHook: Send + Sync {
     fn on_draining(&self);
     /// Stopped has just been reached: stop everything now.
     fn on_stopped(&self);
+    /// Background work of the hook's own (the live handoff's channels),
+    /// driven by whoever awaits [`Shutdown::stopped`]: the one future every
+    /// application awaits. Registers `cx` for when there is more.
+    fn poll_work(&self, _cx: &mut Context<'_>) {}
 }
 
 /// Why the coordinator left [`Phase::Running`]: set by the first trigger.
@@ -383,9 +389,9 @@ impl Shutdown {
             match self.phase() {
                 Phase::Stopped => return,
                 Phase::Running => match self.delayed_drain() {
-                    Some(start) => future_or_timer(listener, start).await,
+                    Some(start) => self.working_until(listener, Some(start)).await,
                     None if self.is_draining() => {}
-                    None => listener.await,
+                    None => self.working_until(listener, None).await,
                 },
                 Phase::Draining { deadline } => {
                     if self.guards() == 0 || Instant::now() >= deadline {
@@ -395,7 +401,7 @@ impl Shutdown {
                         self.stop();
                         return;
                     }
-                    future_or_timer(listener, deadline).await;
+                    self.working_until(listener, Some(deadline)).await;
                 }
             }
         }
@@ -416,6 +422,11 @@ impl Shutdown {
     /// How many guards are alive.
     pub fn guards(&self) -> usize {
         self.inner.guards.load(Ordering::SeqCst)
+    }
+
+    /// Whether `other` is a handle to this same coordinator.
+    pub(crate) fn same(&self, other: &Shutdown) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// Waits until the service is asked to stop (a graceful or immediate
@@ -458,7 +469,7 @@ impl Shutdown {
         }
     }
 
-    fn run_hooks(&self, run: impl Fn(&dyn PhaseHook)) {
+    fn run_hooks(&self, mut run: impl FnMut(&dyn PhaseHook)) {
         // Upgrade under the lock, run outside it: a hook may take its own locks.
         let hooks: Vec<_> = lock(&self.inner.hooks)
             .iter()
@@ -498,6 +509,26 @@ impl Drop for Guard {
         {
             self.shutdown.stop();
         }
+    }
+}
+
+impl Shutdown {
+    /// Waits for `listener` or until `at`, whichever comes first, driving
+    /// the hooks' background work meanwhile.
+    async fn working_until(&self, listener: EventListener, at: Option<Instant>) {
+        let mut listener = std::pin::pin!(listener);
+        let mut timer = at.map(Timer::at);
+        std::future::poll_fn(|cx| {
+            self.run_hooks(|hook| hook.poll_work(cx));
+            if listener.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            match &mut timer {
+                Some(timer) => std::pin::Pin::new(timer).poll(cx).map(drop),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 }
 

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! http [--listen ADDR] [--pid-file PATH] [--ready-timeout-ms N] [--drain-timeout-ms N]
-//!      [--idle-grace-ms N]
+//!      [--idle-grace-ms N] [--probation-ms N] [--no-handover]
 //! ```
 //!
 //! - `GET /` answers `200 ok`; `GET /sleep?ms=N` answers `200 ok` after N ms;
@@ -61,6 +61,12 @@ pub struct Args {
     /// How long an idle keep-alive connection is given at drain for a next
     /// request already on the wire (`None`: the library's default).
     pub idle_grace: Option<Duration>,
+    /// How long a new generation is watched after it is ready (`None`:
+    /// the library's default).
+    pub probation: Option<Duration>,
+    /// Close idle connections at a drain instead of handing them, alive,
+    /// to the next generation.
+    pub no_handover: bool,
 }
 
 impl Default for Args {
@@ -71,12 +77,15 @@ impl Default for Args {
             ready_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             idle_grace: None,
+            probation: None,
+            no_handover: false,
         }
     }
 }
 
 const USAGE: &str = "usage: http [--listen ADDR] [--pid-file PATH] \
-                     [--ready-timeout-ms N] [--drain-timeout-ms N] [--idle-grace-ms N]";
+                     [--ready-timeout-ms N] [--drain-timeout-ms N] [--idle-grace-ms N] \
+                     [--probation-ms N] [--no-handover]";
 
 fn bad_usage(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, format!("{message}\n{USAGE}"))
@@ -109,6 +118,8 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> io::Result<Args> {
             "--ready-timeout-ms" => parsed.ready_timeout = millis(value()?)?,
             "--drain-timeout-ms" => parsed.drain_timeout = millis(value()?)?,
             "--idle-grace-ms" => parsed.idle_grace = Some(millis(value()?)?),
+            "--probation-ms" => parsed.probation = Some(millis(value()?)?),
+            "--no-handover" => parsed.no_handover = true,
             "-h" | "--help" => return Err(bad_usage("help".into())),
             _ => return Err(bad_usage(format!("unknown argument {name:?}"))),
         }
@@ -144,6 +155,9 @@ pub fn run(args: Args) -> io::Result<()> {
     if let Some(path) = &args.pid_file {
         options = options.pid_file(path);
     }
+    if let Some(probation) = args.probation {
+        options = options.probation(probation);
+    }
     let upgrader = Upgrader::new(&shutdown, options).map_err(io::Error::other)?;
     let mut config = seamless::conn::Config::default();
     if let Some(grace) = args.idle_grace {
@@ -153,7 +167,11 @@ pub fn run(args: Args) -> io::Result<()> {
 
     let listener = upgrader.tcp_listener("http", args.listen.as_str())?;
     let addr = listener.local_addr()?;
-    let listener = tracker.listen(Async::new(listener)?);
+    let mut listener = tracker.listen(Async::new(listener)?);
+    if !args.no_handover {
+        // Idle keep-alive connections move to the next generation, alive.
+        upgrader.hand_over(&mut listener)?;
+    }
     let mut signals = SignalHandler::new(&shutdown)?.upgrader(upgrader.clone());
 
     let how = if upgrader.has_parent() {
@@ -358,7 +376,8 @@ async fn serve(mut stream: Stream) {
         let (status, close_anyway) = route(&request).await;
         // Decided when the response is written: a drain that started while the
         // request was handled still gets its `connection: close`.
-        let close = close_anyway || request.close || stream.is_draining();
+        // A connection that moves to the next generation gets no goodbye.
+        let close = close_anyway || request.close || stream.will_close();
         let head_only = request.method == "HEAD";
         if respond(&mut stream, status, request.http10, close, head_only)
             .await

@@ -25,8 +25,10 @@
 //! in flight across restarts. Every request is recorded: outcome (ok, or
 //! failed by [`FailKind`]), latency, start time and the `x-generation` of
 //! the answer. A request on a reused connection must be answered by the
-//! generation that answered before on that connection (the one that
-//! accepted it); otherwise it fails as [`FailKind::WrongGeneration`].
+//! generation that answered before on that connection, or by a newer one
+//! (the connection was handed over, alive, to the next generation); an
+//! answer from an older generation fails as [`FailKind::WrongGeneration`].
+//! Generations are ordered by when the load first saw each answer.
 //!
 //! Everything is bounded: each client sends at most
 //! [`Config::max_requests_per_client`] requests and stops after
@@ -108,7 +110,8 @@ pub enum FailKind {
     Timeout,
     /// Not a well-formed 200 response with an `x-generation`.
     BadResponse,
-    /// Answered by another generation than the one holding the connection.
+    /// Answered, on a reused connection, by an older generation than the
+    /// one that answered before.
     WrongGeneration,
     /// Any other I/O error.
     Other,
@@ -209,16 +212,17 @@ impl Record {
         }
     }
 
-    /// Fills in what the exchange returned; an answer from another
+    /// Fills in what the exchange returned; an answer from an older
     /// generation than `expected_generation` fails.
-    fn set_outcome(&mut self, outcome: &Result<Response, Failure>) {
+    fn set_outcome(&mut self, outcome: &Result<Response, Failure>, order: &Generations) {
         match outcome {
             Ok(response) => {
                 self.status = Some(200);
                 self.generation = Some(response.generation);
+                let seen = order.see(response.generation);
                 if self
                     .expected_generation
-                    .is_some_and(|g| g != response.generation)
+                    .is_some_and(|g| seen < order.see(g))
                 {
                     self.outcome = Err(FailKind::WrongGeneration);
                 }
@@ -307,6 +311,27 @@ struct Ctx {
     started: Instant,
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
+    order: Generations,
+}
+
+/// Generations in the order the load first saw them answer.
+#[derive(Default)]
+struct Generations {
+    seen: std::sync::Mutex<Vec<u32>>,
+}
+
+impl Generations {
+    /// Where `generation` stands in that order (seen now if new).
+    fn see(&self, generation: u32) -> usize {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.iter().position(|&g| g == generation) {
+            Some(at) => at,
+            None => {
+                seen.push(generation);
+                seen.len() - 1
+            }
+        }
+    }
 }
 
 impl Ctx {
@@ -342,6 +367,7 @@ fn run(config: Config, stop: Arc<AtomicBool>, progress: Arc<Progress>) -> Summar
         started: Instant::now(),
         stop,
         progress,
+        order: Generations::default(),
     };
     let executor = smol::LocalExecutor::new();
     let mut tasks = Vec::new();
@@ -539,7 +565,7 @@ async fn keepalive_client(ctx: &Ctx, id: usize) -> Vec<Record> {
         let mut record = Record::new(ClientKind::KeepAlive, sleep, start - ctx.started, start);
         record.retried = retried;
         record.expected_generation = expected;
-        record.set_outcome(&outcome);
+        record.set_outcome(&outcome, &ctx.order);
         match (&outcome, conn.as_mut()) {
             (Ok(response), Some(open)) if !response.close => {
                 open.generation = Some(response.generation)
@@ -570,7 +596,7 @@ async fn fresh_client(ctx: &Ctx, id: usize) -> Vec<Record> {
         };
         let outcome = timed(ctx.config.request_timeout, attempt).await;
         let mut record = Record::new(ClientKind::Fresh, sleep, start - ctx.started, start);
-        record.set_outcome(&outcome);
+        record.set_outcome(&outcome, &ctx.order);
         let failed = !record.ok();
         ctx.record(&mut records, record);
         if failed {

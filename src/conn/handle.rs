@@ -12,8 +12,7 @@ use super::{Shared, BUSY, IDLE, NEW};
 
 /// How the tracker ends a connection. See [`ConnHandle::ending`].
 ///
-/// More ways may come (handing an idle connection to the next generation,
-/// which must say nothing); match with a wildcard arm, or ask
+/// More ways may come; match with a wildcard arm, or ask
 /// [`says_goodbye`](Ending::says_goodbye).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -23,17 +22,26 @@ pub enum Ending {
     /// `close_notify`, HTTP/2 GOAWAY, a WebSocket close frame), then close
     /// the stream.
     Close = 0,
+    /// The connection moved, alive, to the next generation (see
+    /// [`Upgrader::hand_over`](crate::Upgrader::hand_over)): say nothing,
+    /// the client goes on talking to the next generation.
+    Handover = 1,
 }
 
 impl Ending {
     pub(crate) fn from_u8(value: u8) -> Option<Ending> {
-        (value == Ending::Close as u8).then_some(Ending::Close)
+        match value {
+            0 => Some(Ending::Close),
+            1 => Some(Ending::Handover),
+            _ => None,
+        }
     }
 
     /// Whether the protocol should say goodbye before the transport closes.
     pub fn says_goodbye(self) -> bool {
         match self {
             Ending::Close => true,
+            Ending::Handover => false,
         }
     }
 }
@@ -135,6 +143,15 @@ impl ConnHandle {
                 return;
             }
         }
+    }
+
+    /// Keeps this connection from being handed to the next generation: the
+    /// drain closes it instead. The same as
+    /// [`Tracked::decline_handover`](super::Tracked::decline_handover).
+    pub fn decline_handover(&self) {
+        self.conn
+            .declined
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Marks the connection Busy until the returned guard is dropped; the

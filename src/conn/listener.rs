@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{self, UnixListener, UnixStream};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use async_io::Async;
 use event_listener::EventListener;
 use futures_lite::Stream;
 
+use super::handover::Handover;
 use super::{Tracked, Tracker};
 
 /// A listener with a poll-based accept, so a [`TrackedListener`] can race it
@@ -48,6 +49,42 @@ pub trait Accept {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<Option<(Self::Stream, Self::Addr)>>>;
+
+    /// Makes a stream of a connection the previous generation handed over
+    /// (an open, connected socket of this listener's kind), for the live
+    /// handoff ([`Upgrader::hand_over`](crate::Upgrader::hand_over)).
+    ///
+    /// The default says it cannot: such a listener does not take part in
+    /// the live handoff, and its connections are closed at a drain as
+    /// usual.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::Unsupported`] by default; otherwise whatever making
+    /// the stream fails with (registering it with the reactor, a peer
+    /// already gone).
+    fn adopt(fd: OwnedFd) -> io::Result<(Self::Stream, Self::Addr)>
+    where
+        Self: Sized,
+    {
+        drop(fd);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this kind of listener cannot adopt handed-over connections",
+        ))
+    }
+}
+
+fn adopt_tcp(fd: OwnedFd) -> io::Result<(Async<TcpStream>, SocketAddr)> {
+    let stream = TcpStream::from(fd);
+    let addr = stream.peer_addr()?;
+    Ok((Async::new(stream)?, addr))
+}
+
+fn adopt_unix(fd: OwnedFd) -> io::Result<(Async<UnixStream>, net::SocketAddr)> {
+    let stream = UnixStream::from(fd);
+    let addr = stream.peer_addr()?;
+    Ok((Async::new(stream)?, addr))
 }
 
 #[allow(clippy::type_complexity)]
@@ -78,6 +115,9 @@ impl Accept for Async<TcpListener> {
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Accepted1<Self>>>> {
         poll_accept_with(self, cx, TcpListener::accept)
     }
+    fn adopt(fd: OwnedFd) -> io::Result<Accepted1<Self>> {
+        adopt_tcp(fd)
+    }
 }
 
 impl Accept for Async<UnixListener> {
@@ -85,6 +125,9 @@ impl Accept for Async<UnixListener> {
     type Addr = net::SocketAddr;
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Accepted1<Self>>>> {
         poll_accept_with(self, cx, UnixListener::accept)
+    }
+    fn adopt(fd: OwnedFd) -> io::Result<Accepted1<Self>> {
+        adopt_unix(fd)
     }
 }
 
@@ -95,6 +138,9 @@ impl Accept for Arc<Async<TcpListener>> {
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Accepted1<Self>>>> {
         poll_accept_with(self, cx, TcpListener::accept)
     }
+    fn adopt(fd: OwnedFd) -> io::Result<Accepted1<Self>> {
+        adopt_tcp(fd)
+    }
 }
 
 /// async-net's `UnixListener` converts into this.
@@ -103,6 +149,9 @@ impl Accept for Arc<Async<UnixListener>> {
     type Addr = net::SocketAddr;
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Accepted1<Self>>>> {
         poll_accept_with(self, cx, UnixListener::accept)
+    }
+    fn adopt(fd: OwnedFd) -> io::Result<Accepted1<Self>> {
+        adopt_unix(fd)
     }
 }
 
@@ -190,6 +239,8 @@ pub struct TrackedListener<L> {
     listener: Option<L>,
     tracker: Tracker,
     drain: Option<EventListener>,
+    /// Set when the listener opted in to the live handoff.
+    handover: Option<Handover>,
 }
 
 impl<L> fmt::Debug for TrackedListener<L> {
@@ -206,7 +257,19 @@ impl<L: Accept> TrackedListener<L> {
             listener: Some(listener),
             tracker,
             drain: None,
+            handover: None,
         }
+    }
+
+    /// Opts in to the live handoff (see
+    /// [`Upgrader::hand_over`](crate::Upgrader::hand_over)).
+    pub(crate) fn set_handover(&mut self, handover: Handover) {
+        self.handover = Some(handover);
+    }
+
+    /// The tracker this listener's connections belong to.
+    pub(crate) fn tracker(&self) -> &Tracker {
+        &self.tracker
     }
 
     /// Accepts the next connection, or returns `Ok(None)` once draining has
@@ -245,8 +308,30 @@ impl<L: Accept> TrackedListener<L> {
         let Some(listener) = &mut self.listener else {
             return Poll::Ready(Ok(None));
         };
+        // Connections the previous generation handed over come first, as
+        // soon as they arrive.
+        if let Some(handover) = &self.handover {
+            while let Some((fd, state)) = handover.successor.poll_received(cx, &handover.listener)
+            {
+                match L::adopt(fd) {
+                    Ok((stream, addr)) => {
+                        let mut conn = self.tracker.track(stream);
+                        conn.set_handover(handover.clone(), state);
+                        return Poll::Ready(Ok(Some((conn, addr))));
+                    }
+                    // The client left meanwhile: nothing to serve.
+                    Err(e) => tracing::debug!(%e, "a handed-over connection could not be adopted"),
+                }
+            }
+        }
         match ready!(listener.poll_accept(cx))? {
-            Some((stream, addr)) => Poll::Ready(Ok(Some((self.tracker.track(stream), addr)))),
+            Some((stream, addr)) => {
+                let mut conn = self.tracker.track(stream);
+                if let Some(handover) = &self.handover {
+                    conn.set_handover(handover.clone(), Vec::new());
+                }
+                Poll::Ready(Ok(Some((conn, addr))))
+            }
             None => {
                 self.close();
                 Poll::Ready(Ok(None))

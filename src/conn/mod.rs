@@ -38,6 +38,7 @@ use crate::shutdown::{PhaseHook, Shutdown};
 use crate::sys;
 
 mod handle;
+pub(crate) mod handover;
 mod listener;
 mod registry;
 mod stream;

@@ -33,6 +33,9 @@ pub(crate) struct ConnState {
     /// Live [`ConnHandle`](super::ConnHandle)s: while there are any, the
     /// drain gives the application a chance to say goodbye before our FIN.
     pub(crate) handles: AtomicU32,
+    /// The application declined to have this connection handed to the next
+    /// generation (its protocol keeps state a fresh process would not have).
+    pub(crate) declined: std::sync::atomic::AtomicBool,
     /// How the connection ends, once that is decided (an [`Ending`] as
     /// `u8`, or [`NOT_ENDING`]); set once.
     ending: AtomicU8,
@@ -52,6 +55,7 @@ impl ConnState {
             busy_guards: AtomicU32::new(0),
             reader: atomic_waker::AtomicWaker::new(),
             handles: AtomicU32::new(0),
+            declined: std::sync::atomic::AtomicBool::new(false),
             ending: AtomicU8::new(NOT_ENDING),
             ending_set: event_listener::Event::new(),
         }

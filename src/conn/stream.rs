@@ -15,6 +15,7 @@ use async_io::Timer;
 use futures_io::{AsyncRead, AsyncWrite};
 use pin_project_lite::pin_project;
 
+use super::handover::Handover;
 use super::registry::ConnState;
 use super::{ConnHandle, Ending, Policy, Shared, BUSY, CLOSING, IDLE, NEW};
 use crate::shutdown::{Guard, Shutdown};
@@ -68,6 +69,12 @@ pin_project! {
         // When the automatic policy last made it Idle.
         idle_since: Option<Instant>,
         close: Closer,
+        // Set on a connection of a listener that opted in to the live
+        // handoff: where it goes when the drain reaches it idle.
+        handover: Option<Handover>,
+        // The protocol's state for the next generation, or what the previous
+        // one sent with it. Empty (no allocation) unless used.
+        handover_state: Vec<u8>,
     }
 }
 
@@ -129,6 +136,12 @@ impl Closer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Close {
     Open,
+    /// The drain hands this idle connection to the next generation: it is
+    /// being sent (or waits for room on the channel).
+    HandingOver,
+    /// The next generation has it. This process never touches the socket
+    /// again: no FIN, no read, no write.
+    HandedOver,
     /// The drain ends this connection and told its handles: the application
     /// may say goodbye and close until the timer fires.
     Goodbye,
@@ -141,14 +154,28 @@ struct Registration {
     shared: Arc<Shared>,
     conn: Arc<ConnState>,
     id: u32,
+    /// Unregistered already (handed over): nothing left to do on drop.
+    released: bool,
     detached: bool,
     _guard: Guard,
 }
 
+impl Registration {
+    /// Stops tracking now, leaving the socket untouched: no discard, and no
+    /// shutdown at the deadline.
+    fn release(&mut self) {
+        if !std::mem::replace(&mut self.released, true) {
+            self.shared.unregister(self.id, &self.conn, false);
+        }
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
-        let discard = !self.detached && self.shared.shutdown.is_draining();
-        self.shared.unregister(self.id, &self.conn, discard);
+        if !self.released {
+            let discard = !self.detached && self.shared.shutdown.is_draining();
+            self.shared.unregister(self.id, &self.conn, discard);
+        }
     }
 }
 
@@ -176,6 +203,7 @@ impl<S: AsFd> Tracked<S> {
                 shared,
                 conn,
                 id,
+                released: false,
                 detached: false,
             },
             stream,
@@ -187,7 +215,73 @@ impl<S: AsFd> Tracked<S> {
                 timer: None,
                 timer_at: None,
             },
+            handover: None,
+            handover_state: Vec::new(),
         }
+    }
+
+    /// Links a connection of an opted-in listener to the live handoff, with
+    /// the state it arrived with (empty for a fresh one).
+    pub(crate) fn set_handover(&mut self, handover: Handover, state: Vec<u8>) {
+        self.handover = Some(handover);
+        self.handover_state = state;
+    }
+
+    /// Whether the drain will move this connection to the next generation
+    /// rather than close it.
+    fn moves_on(&self) -> bool {
+        moves_on(self.handover.as_ref(), &self.reg.conn)
+    }
+
+    /// Whether this connection will be **closed** by the drain: draining has
+    /// started and the connection will not move to the next generation. The
+    /// moment to say goodbye the protocol's way (HTTP/1 `Connection: close`
+    /// on the response being written); a connection that moves on gets no
+    /// goodbye, its client goes on talking to the next generation.
+    ///
+    /// False while running. One atomic load, plus one more on an opted-in
+    /// listener while draining.
+    pub fn will_close(&self) -> bool {
+        self.is_draining() && !self.moves_on()
+    }
+
+    /// Keeps this connection from being handed to the next generation; the
+    /// drain closes it instead, as it would without the opt-in. For a
+    /// connection whose protocol now keeps state a fresh process would not
+    /// have: after an HTTP `Upgrade` to a WebSocket, say, or a login that
+    /// lives in memory. It cannot be undone.
+    pub fn decline_handover(&self) {
+        self.reg.conn.declined.store(true, Ordering::SeqCst);
+    }
+
+    /// Sets the state that goes with this connection to the next generation
+    /// if it is handed over (a selected database, an authenticated user's
+    /// id): small bytes, at most 4096. The next generation reads them with
+    /// [`handover_state`](Tracked::handover_state).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for more than 4096 bytes.
+    pub fn set_handover_state(&mut self, state: impl Into<Vec<u8>>) -> io::Result<()> {
+        let state = state.into();
+        if state.len() > MAX_HANDOVER_STATE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a connection's handover state is at most {MAX_HANDOVER_STATE} bytes, not {}",
+                    state.len()
+                ),
+            ));
+        }
+        self.handover_state = state;
+        Ok(())
+    }
+
+    /// The state the previous generation sent with this connection, if it
+    /// was handed over (empty otherwise), or what
+    /// [`set_handover_state`](Tracked::set_handover_state) set since.
+    pub fn handover_state(&self) -> &[u8] {
+        &self.handover_state
     }
 
     /// Marks the connection Busy until the returned guard is dropped.
@@ -283,7 +377,34 @@ impl<S: AsyncRead + AsFd> AsyncRead for Tracked<S> {
         loop {
             match close.phase {
                 Close::Open => {}
-                Close::Closed => return Poll::Ready(Ok(0)),
+                Close::Closed | Close::HandedOver => return Poll::Ready(Ok(0)),
+                Close::HandingOver => {
+                    let handover = this.handover.as_ref().expect("handing over without a link");
+                    let fd = this.stream.as_ref().get_ref().as_fd();
+                    let sent = ready!(handover.successor.poll_hand_over(
+                        cx,
+                        &handover.listener,
+                        this.handover_state,
+                        fd,
+                    ));
+                    match sent {
+                        Ok(()) => {
+                            // The next generation has it: untracked, and
+                            // never touched again from here.
+                            close.phase = Close::HandedOver;
+                            close.clear_timer();
+                            conn.end(Ending::Handover);
+                            this.reg.release();
+                            return Poll::Ready(Ok(0));
+                        }
+                        Err(e) => {
+                            handover.successor.fell_back(&handover.listener, &e);
+                            close.phase = Close::Open;
+                            end_by_closing(shared, conn, close, fd);
+                            continue;
+                        }
+                    }
+                }
                 Close::Lingering => {
                     ready!(poll_linger(this.stream.as_mut(), close, cx));
                     close.finish();
@@ -320,19 +441,52 @@ impl<S: AsyncRead + AsFd> AsyncRead for Tracked<S> {
                         conn.reader.register(cx.waker());
                         return Poll::Pending;
                     }
-                    if !drain_ends_it(shared, conn, *this.wrote, this.idle_since, close, cx) {
+                    let moves = moves_on(this.handover.as_ref(), conn);
+                    if !drain_ends_it(shared, conn, *this.wrote, moves, this.idle_since, close, cx)
+                    {
                         return Poll::Pending;
                     }
-                    conn.end(Ending::Close);
-                    if conn.handles.load(Ordering::SeqCst) > 0 {
-                        // Goodbye first: the handles' `ending()` resolves now.
-                        close.start_goodbye(shared, conn);
-                    } else {
-                        close.start_linger(shared, conn, this.stream.as_ref().get_ref().as_fd());
+                    if moves {
+                        // No goodbye, no FIN: the socket, and whatever the
+                        // client has sent on it, go to the next generation.
+                        shared.set_state(conn, CLOSING);
+                        close.phase = Close::HandingOver;
+                        continue;
                     }
+                    end_by_closing(shared, conn, close, this.stream.as_ref().get_ref().as_fd());
                 }
             }
         }
+    }
+}
+
+/// A write after the connection moved to the next generation: it would
+/// interleave with what the next generation sends.
+fn handed_over() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the connection was handed to the next generation",
+    )
+}
+
+/// The most state a connection carries to the next generation.
+const MAX_HANDOVER_STATE: usize = 4096;
+
+/// Whether the drain moves this connection to the next generation: its
+/// listener opted in, it did not decline, and a successor takes it now.
+fn moves_on(handover: Option<&Handover>, conn: &ConnState) -> bool {
+    handover.is_some_and(|h| h.successor.takes()) && !conn.declined.load(Ordering::SeqCst)
+}
+
+/// The drain ends this connection by closing it: goodbye first if a handle
+/// may say it, else our FIN and the linger.
+fn end_by_closing(shared: &Shared, conn: &ConnState, close: &mut Closer, fd: BorrowedFd<'_>) {
+    conn.end(Ending::Close);
+    if conn.handles.load(Ordering::SeqCst) > 0 {
+        // Goodbye first: the handles' `ending()` resolves now.
+        close.start_goodbye(shared, conn);
+    } else {
+        close.start_linger(shared, conn, fd);
     }
 }
 
@@ -360,10 +514,13 @@ fn on_data(shared: &Shared, conn: &ConnState) {
 /// A read found nothing. Updates the state and says whether the drain ends
 /// this connection now; if not, the read will be woken when that may change.
 /// `responded`: bytes were written since the last read that returned data.
+/// A connection that `moves` to the next generation needs no grace: a
+/// request on the wire goes with it.
 fn drain_ends_it(
     shared: &Shared,
     conn: &ConnState,
     responded: bool,
+    moves: bool,
     idle_since: &mut Option<Instant>,
     close: &mut Closer,
     cx: &mut Context<'_>,
@@ -383,6 +540,9 @@ fn drain_ends_it(
     }
     if state == BUSY || state == CLOSING || !shutdown.is_draining() {
         return false;
+    }
+    if moves {
+        return true;
     }
     // A New connection's request, or an idle one's next, may already be on
     // the wire: wait out its grace, counted from the drain's start at the
@@ -464,6 +624,9 @@ impl<S: AsyncRead + AsyncWrite + AsFd> AsyncWrite for Tracked<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
+        if this.close.phase == Close::HandedOver {
+            return Poll::Ready(Err(handed_over()));
+        }
         let polled = this.stream.poll_write(cx, buf);
         on_write(
             &this.reg.shared,
@@ -481,6 +644,9 @@ impl<S: AsyncRead + AsyncWrite + AsFd> AsyncWrite for Tracked<S> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
+        if this.close.phase == Close::HandedOver {
+            return Poll::Ready(Err(handed_over()));
+        }
         let polled = this.stream.poll_write_vectored(cx, bufs);
         on_write(
             &this.reg.shared,
@@ -497,6 +663,9 @@ impl<S: AsyncRead + AsyncWrite + AsFd> AsyncWrite for Tracked<S> {
     // flush that blocks, though, means one is still on its way.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
+        if this.close.phase == Close::HandedOver {
+            return Poll::Ready(Ok(()));
+        }
         let polled = this.stream.poll_flush(cx);
         on_write(
             &this.reg.shared,
@@ -516,6 +685,10 @@ impl<S: AsyncRead + AsyncWrite + AsFd> AsyncWrite for Tracked<S> {
         let close = this.close;
         loop {
             match close.phase {
+                // The application closes first: it stays here, and closes.
+                Close::HandingOver => close.phase = Close::Open,
+                // Not ours any more: closing must not send a FIN on it.
+                Close::HandedOver => return Poll::Ready(Ok(())),
                 Close::Open | Close::Goodbye => {
                     let closed = ready!(this.stream.as_mut().poll_close(cx));
                     close.start_linger(shared, conn, this.stream.as_ref().get_ref().as_fd());

@@ -60,6 +60,14 @@ impl Fds {
             .map(|(name, fd)| (name.as_str(), fd.as_fd()))
     }
 
+    /// The name the socket `id` is passed on under, if it is.
+    pub(crate) fn name_of(&self, id: sys::SocketId) -> Option<&str> {
+        self.passing
+            .iter()
+            .find(|(_, fd)| sys::socket_id(fd.as_fd()) == id)
+            .map(|(name, _)| name.as_str())
+    }
+
     pub(crate) fn close_unclaimed(&mut self) {
         self.unclaimed.clear();
     }

@@ -92,6 +92,8 @@ pub(crate) struct Inherited {
     pub(crate) sockets: Vec<(String, OwnedFd)>,
     /// Where to say "ready" to the parent, if a seamless parent started us.
     pub(crate) ready_pipe: Option<OwnedFd>,
+    /// The live handoff channel from the parent, if it opened one.
+    pub(crate) channel: Option<OwnedFd>,
 }
 
 /// Reads the socket-activation variables and takes the fds they name,
@@ -135,6 +137,9 @@ pub(crate) fn take() -> Result<Inherited, InheritError> {
                 return Err(bad("is not a pipe"));
             }
             inherited.ready_pipe = Some(owned);
+        } else if name == super::relay::CHANNEL_NAME {
+            // Checked by the receiver (a unix seqpacket socket).
+            inherited.channel = Some(owned);
         } else {
             if sys::socket_info(owned.as_fd()).is_err() {
                 return Err(bad("is not a socket"));

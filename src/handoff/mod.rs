@@ -90,16 +90,22 @@ mod fds;
 mod inherit;
 mod next;
 pub(crate) mod ready;
+mod relay;
 mod spawn;
 
 pub use env::{remove_activation_env, EnvError};
 pub use inherit::InheritError;
 pub use next::UpgradeError;
 pub use ready::ReadyError;
+pub use relay::HandoverStats;
 
 use crate::sd;
 use fds::Fds;
+use crate::conn::handover::Handover;
+use crate::conn::{Accept, TrackedListener};
 use fds::{bind_error, bind_unix};
+use channel::{Acks, Sender};
+use relay::Relay;
 use inherit::{tell_parent, write_pid_file, wrong_type, Inherited, READY_PIPE_NAME};
 
 /// How to start and judge the next generation.
@@ -221,7 +227,13 @@ struct Inner {
     /// report it before probation ends.
     ready_child: Mutex<Option<u32>>,
     ready_child_set: event_listener::Event,
+    /// The live handoff: channels to the predecessor and the successor.
+    relay: Arc<Relay>,
+    /// Makes the application state sent to each next generation.
+    state: Mutex<Option<StateProvider>>,
 }
+
+type StateProvider = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
 
 /// How far [`Upgrader::ready`] has got, so a call after a failed one
 /// resumes where it stopped instead of pretending to be done.
@@ -268,6 +280,7 @@ impl Upgrader {
         let Inherited {
             sockets,
             ready_pipe,
+            channel,
         } = inherit::take()?;
         if ready_pipe.is_some() {
             // Started by a previous generation, with the start-up signals
@@ -296,6 +309,8 @@ impl Upgrader {
             own_args: std::env::args_os().collect(),
             ready_child: Mutex::new(None),
             ready_child_set: event_listener::Event::new(),
+            relay: Relay::new(shutdown, channel),
+            state: Mutex::new(None),
             has_parent: ready_pipe.is_some(),
             fds: Mutex::new(Fds::new(sockets)),
             unix_paths: Mutex::new(Vec::new()),
@@ -531,7 +546,7 @@ impl Upgrader {
             None // the attempt is dropped: its child is killed and reaped
         })
         .await;
-        let (pid, mut child) = match outcome {
+        let (pid, mut child, outbound) = match outcome {
             Some(Ok(ready)) => ready,
             Some(Err(error)) => return Err(self.rolled_back(error, started)),
             None => return Err(self.rolled_back(UpgradeError::Aborted, started)),
@@ -561,6 +576,9 @@ impl Upgrader {
         }
         tracing::info!(pid, elapsed = ?started.elapsed(), "upgrade: the next generation is ready; draining");
         let _ = sd::main_pid_ready(pid);
+        if let Some((sender, acks)) = outbound {
+            inner.relay.set_outbound(sender, acks);
+        }
         inner.shutdown.hand_over();
         *lock(&inner.ready_child) = Some(pid);
         inner.ready_child_set.notify(usize::MAX);
@@ -578,20 +596,67 @@ impl Upgrader {
         outcome
     }
 
-    /// Starts `program` with `args` and the passed fds, and waits until it
-    /// is ready.
+    /// Starts `program` with `args` and the passed fds (and a handoff
+    /// channel, if a listener opted in), sends it the application state
+    /// meanwhile, and waits until it is ready.
     async fn start_ready(
         &self,
         program: spawn::Program<'_>,
         args: &[OsString],
-    ) -> Result<(u32, spawn::NextChild), UpgradeError> {
-        next::start_ready(self.inner.options.ready_timeout, |ready_pipe| {
-            let fds = lock(&self.inner.fds);
+    ) -> Result<(u32, spawn::NextChild, Option<(Sender, Acks)>), UpgradeError> {
+        let inner = &self.inner;
+        let (ours, theirs) = match self.open_channel() {
+            Some((ours, theirs)) => (Some(ours), Some(theirs)),
+            None => (None, None),
+        };
+        let outbound = ours.and_then(|fd| {
+            Sender::new(fd)
+                .inspect_err(|e| tracing::warn!(%e, "the handoff channel is unusable"))
+                .ok()
+        });
+        let started = next::start_ready(inner.options.ready_timeout, |ready_pipe| {
+            let fds = lock(&inner.fds);
             let mut passed: Vec<(&str, BorrowedFd<'_>)> = fds.passing().collect();
             passed.push((READY_PIPE_NAME, ready_pipe));
-            spawn::start(program, args, &passed)
-        })
-        .await
+            if let Some(theirs) = &theirs {
+                passed.push((relay::CHANNEL_NAME, theirs.as_fd()));
+            }
+            let child = spawn::start(program, args, &passed);
+            // The child's end is the child's alone now, so that its exit
+            // ends the channel.
+            drop(theirs);
+            child
+        });
+        // The state goes while the child starts: it may wait for it before
+        // it says it is ready. Always sent (empty if there is none), so that
+        // the child never waits for nothing.
+        let send_state = async {
+            if let Some((sender, _)) = &outbound {
+                let provider = lock(&inner.state).clone();
+                let state = provider.map_or_else(Vec::new, |make| make());
+                let sent = future::or(sender.send_app_state(&state), async {
+                    Timer::after(inner.options.ready_timeout).await;
+                    Err(io::ErrorKind::TimedOut.into())
+                });
+                if let Err(e) = sent.await {
+                    tracing::warn!(%e, "sending the application state to the next generation");
+                }
+            }
+        };
+        let (started, ()) = future::zip(started, send_state).await;
+        started.map(|(pid, child)| (pid, child, outbound))
+    }
+
+    /// A handoff channel for the next generation, if it needs one: a
+    /// listener opted in, or the application passes its state on.
+    fn open_channel(&self) -> Option<(OwnedFd, OwnedFd)> {
+        let wanted = self.inner.relay.wanted() || lock(&self.inner.state).is_some();
+        if !wanted {
+            return None;
+        }
+        channel::pair()
+            .inspect_err(|e| tracing::warn!(%e, "no handoff channel: idle connections will be closed"))
+            .ok()
     }
 
     /// After a failed upgrade: this process serves on, and says so.
@@ -627,8 +692,11 @@ impl Upgrader {
             ))),
         };
         let replacement = match replacement {
-            Ok((new, child)) => {
+            Ok((new, child, outbound)) => {
                 child.release();
+                if let Some((sender, acks)) = outbound {
+                    inner.relay.set_outbound(sender, acks);
+                }
                 tracing::warn!(new, "upgrade: the replacement is ready and serves");
                 let _ = sd::main_pid_ready(new);
                 Ok(new)
@@ -643,6 +711,116 @@ impl Upgrader {
             status,
             replacement,
         }
+    }
+
+    /// Opts `listener` in to the **live handoff**: after a successful
+    /// upgrade, the drain hands its idle (and new) connections, alive, to
+    /// the next generation instead of closing them, and connections the
+    /// previous generation handed over come out of its
+    /// [`accept`](TrackedListener::accept) first, like fresh ones.
+    ///
+    /// A client that pauses between requests then loses nothing to a
+    /// restart: no close, so no keep-alive race and no reconnect. The
+    /// kernel's receive queue goes with the socket, so a request already on
+    /// the wire is read by the next generation. Busy connections finish
+    /// their request first; connections the next generation does not take
+    /// (it died, never reads, or the deadline comes first) fall back to the
+    /// graceful close, and are counted in
+    /// [`handover_stats`](Upgrader::handover_stats).
+    ///
+    /// **Only for protocols that keep no per-connection state a fresh
+    /// process would not have.** Handed over raw, a TLS connection, an
+    /// HTTP/2 connection (its header tables), a WebSocket after its upgrade
+    /// or a connection with an authenticated session in memory is silently
+    /// corrupted: leave such listeners out (the default), or
+    /// [decline](crate::Tracked::decline_handover) the connection, or carry
+    /// small state across with
+    /// [`set_handover_state`](crate::Tracked::set_handover_state). A
+    /// connection that moves on gets no goodbye:
+    /// [`will_close`](crate::Tracked::will_close) tells the protocol
+    /// whether to say one (HTTP/1 `Connection: close`).
+    ///
+    /// Call it before [`ready`](Upgrader::ready), on a listener made from
+    /// [`tcp_listener`](Upgrader::tcp_listener) or
+    /// [`unix_listener`](Upgrader::unix_listener), tracked with a tracker of
+    /// this upgrader's [`Shutdown`].
+    ///
+    /// # Errors
+    ///
+    /// - [`io::ErrorKind::Unsupported`] where the platform cannot pass
+    ///   connections (no unix `SOCK_SEQPACKET`, e.g. macOS).
+    /// - [`io::ErrorKind::InvalidInput`] if the listener is not one this
+    ///   upgrader passes on, is closed, or is tracked with another
+    ///   coordinator.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use seamless::conn::Async;
+    /// use seamless::handoff::{Options, Upgrader};
+    /// use seamless::{Shutdown, Tracker};
+    ///
+    /// # fn main() -> std::io::Result<()> {
+    /// let shutdown = Shutdown::new();
+    /// let upgrader = Upgrader::new(&shutdown, Options::default()).map_err(std::io::Error::other)?;
+    /// let tracker = Tracker::new(&shutdown);
+    /// let listener = upgrader.tcp_listener("http", "127.0.0.1:8080")?;
+    /// let mut listener = tracker.listen(Async::new(listener)?);
+    /// upgrader.hand_over(&mut listener)?; // idle connections survive restarts
+    /// upgrader.ready()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn hand_over<L: Accept + AsFd>(&self, listener: &mut TrackedListener<L>) -> io::Result<()> {
+        if !channel::AVAILABLE {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this platform cannot pass connections between processes (no unix SOCK_SEQPACKET)",
+            ));
+        }
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_owned());
+        if !listener.tracker().shutdown().same(&self.inner.shutdown) {
+            return Err(invalid("the listener is tracked with another Shutdown than the upgrader's"));
+        }
+        let Some(socket) = listener.get_ref() else {
+            return Err(invalid("the listener is closed"));
+        };
+        let id = sys::socket_id(socket.as_fd());
+        let name = lock(&self.inner.fds)
+            .name_of(id)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                invalid("the listener is not one this upgrader passes on (make it with tcp_listener or unix_listener)")
+            })?;
+        self.inner.relay.add_listener(&name);
+        listener.set_handover(Handover {
+            successor: self.inner.relay.clone(),
+            listener: name.into(),
+        });
+        Ok(())
+    }
+
+    /// Passes the application's state to every next generation: `make` is
+    /// called at each upgrade, and what it returns (at most 64 MiB) goes
+    /// over the handoff channel while the next generation starts. Caches,
+    /// counters, session-ticket keys: what a fresh process would otherwise
+    /// have to rebuild. It reads them with
+    /// [`inherited_state`](Upgrader::inherited_state).
+    pub fn pass_state(&self, make: impl Fn() -> Vec<u8> + Send + Sync + 'static) {
+        *lock(&self.inner.state) = Some(Arc::new(make));
+    }
+
+    /// The state the previous generation passed with
+    /// [`pass_state`](Upgrader::pass_state): waits until it has arrived.
+    /// `None` at once without a previous generation (or one that opened no
+    /// handoff channel), `None` too if it passed none. Await it before
+    /// [`ready`](Upgrader::ready) to start with it.
+    pub async fn inherited_state(&self) -> Option<Vec<u8>> {
+        future::poll_fn(|cx| self.inner.relay.poll_app_state(cx)).await
+    }
+
+    /// What the live handoff did in this generation so far.
+    pub fn handover_stats(&self) -> HandoverStats {
+        self.inner.relay.stats()
     }
 
     /// The generation the running upgrade has made ready, if it has.

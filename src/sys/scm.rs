@@ -12,8 +12,6 @@
 //! connections they would have handed over.
 //!
 //! No `unsafe` here: rustix's `sendmsg`/`recvmsg` own the control buffers.
-// Used by the handoff channel, whose integration into the upgrader follows.
-#![allow(dead_code)]
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};

@@ -87,9 +87,6 @@
 //! above all) [`AVAILABLE`] is false and [`pair`], [`Sender::new`] and
 //! [`Receiver::new`] fail with [`std::io::ErrorKind::Unsupported`]:
 //! callers fall back to closing connections.
-// Integration into the tracker and the upgrader follows; until then only
-// the tests and the fuzz targets use this module.
-#![allow(dead_code)]
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -102,9 +99,7 @@ pub(crate) mod wire;
 #[cfg(test)]
 mod tests;
 
-#[allow(unused_imports)] // Integration follows.
 pub(crate) use recv::{Connection, Received, Receiver};
-#[allow(unused_imports)] // Integration follows.
 pub(crate) use send::{AckEvent, Acks, Sender};
 
 use crate::sys::{self, scm};

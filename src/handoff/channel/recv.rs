@@ -1,6 +1,7 @@
 //! The new generation's end: receiving connections and the application
 //! state, and acknowledging them.
 
+#[cfg(test)]
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -196,15 +197,12 @@ impl Receiver {
         Poll::Pending
     }
 
+    #[cfg(test)]
     /// [`poll_recv`](Self::poll_recv) as a future.
     pub(crate) async fn recv(&mut self) -> io::Result<Received> {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// How many messages were taken so far.
-    pub(crate) fn received(&self) -> u64 {
-        self.inbound.received()
-    }
 
     /// Hands out the held connection once its acknowledgement is sent.
     fn poll_hand_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Received>> {

@@ -209,6 +209,7 @@ impl Sender {
         self.poll_send(cx, Outgoing::Encoded(&bytes), &[fd])
     }
 
+    #[cfg(test)]
     /// [`poll_send_connection`](Self::poll_send_connection) as a future.
     pub(crate) async fn send_connection(
         &self,
@@ -276,11 +277,13 @@ impl Sender {
         self.poll_send(cx, Outgoing::End, &[])
     }
 
+    #[cfg(test)]
     /// [`poll_finish`](Self::poll_finish) as a future.
     pub(crate) async fn finish(&self) -> io::Result<u64> {
         poll_fn(|cx| self.poll_finish(cx)).await
     }
 
+    #[cfg(test)]
     /// How many messages were sent (and so the next sequence number).
     pub(crate) fn sent(&self) -> u64 {
         lock(&self.shared.state).next
@@ -420,11 +423,13 @@ impl Acks {
         Poll::Pending
     }
 
+    #[cfg(test)]
     /// [`poll_next`](Self::poll_next) as a future.
     pub(crate) async fn next(&mut self) -> io::Result<AckEvent> {
         poll_fn(|cx| self.poll_next(cx)).await
     }
 
+    #[cfg(test)]
     /// How many messages the receiver has taken so far.
     pub(crate) fn taken(&self) -> u64 {
         self.tracker.acked()
