@@ -1,7 +1,9 @@
-//! A line-echo server on smol that drains gracefully on SIGINT or SIGTERM.
+//! A line-echo server on smol with graceful shutdown and hot restart.
 //!
 //! ```text
 //! cargo run --example echo -- --listen 127.0.0.1:7000
+//! nc 127.0.0.1 7000                    # type lines: each is echoed back
+//! kill -HUP <pid>                      # hot restart: the nc session goes on
 //! ```
 //!
 //! Every line a client sends is echoed back. A line starting with `slow` is
@@ -9,7 +11,10 @@
 //! survive a drain (`printf 'slow\n' | nc 127.0.0.1 7000`, then Ctrl-C the
 //! server).
 //!
-//! The first SIGINT or SIGTERM starts a graceful shutdown with a deadline of
+//! SIGHUP starts the next generation, and idle sessions **move to it
+//! alive** ([`Upgrader::hand_over`]): an `nc` session typed into across a
+//! hot restart is answered by the new generation, with no reconnect. The
+//! first SIGINT or SIGTERM starts a graceful shutdown with a deadline of
 //! [`DEADLINE`]: the listener closes, requests in flight finish, idle
 //! connections are closed cleanly. A second signal stops at once.
 //!
@@ -25,8 +30,9 @@ use async_io::{Async, Timer};
 use futures_lite::io::BufReader;
 use futures_lite::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use seamless::conn::{Config, Counts};
-use seamless::signals::{Action, Signal, SignalHandler};
-use seamless::{Shutdown, Tracked, TrackedListener, Tracker};
+use seamless::handoff::Options;
+use seamless::signals::SignalHandler;
+use seamless::{Shutdown, Tracked, TrackedListener, Tracker, Upgrader};
 
 /// How long a line starting with `slow` takes to be echoed.
 pub const SLOW: Duration = Duration::from_millis(500);
@@ -94,6 +100,10 @@ pub async fn serve_conn(conn: Tracked<Async<TcpStream>>) -> io::Result<()> {
     let mut line = Vec::new();
     loop {
         line.clear();
+        // Part of a line read ahead into the buffer, where the tracker
+        // cannot see it: busy until the line is whole (neither closed nor
+        // handed over under it).
+        let _partial = (!conn.buffer().is_empty()).then(|| conn.get_ref().busy());
         let n = (&mut conn)
             .take(MAX_LINE)
             .read_until(b'\n', &mut line)
@@ -151,34 +161,42 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(addr: SocketAddr) -> io::Result<()> {
-    let server = start(addr, Config::default())?;
+async fn run(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+    let shutdown = Shutdown::builder().drain_timeout(DEADLINE).build();
+    // First: take the listener a previous generation passed, if any.
+    let upgrader = Upgrader::new(&shutdown, Options::default())?;
+    let tracker = Tracker::new(&shutdown);
+    let listener = upgrader.tcp_listener("echo", addr)?;
+    let addr = listener.local_addr()?;
+    let mut listener = tracker.listen(Async::new(listener)?);
+    // Idle sessions move to the next generation instead of being closed.
+    upgrader.hand_over(&mut listener)?;
     // Before announcing the address, so that a signal sent as soon as the
-    // line is read is handled rather than killing the process. The first
-    // SIGINT/SIGTERM drains, a second one stops at once.
-    let graceful = [
-        (Signal::Int, Action::Graceful),
-        (Signal::Term, Action::Graceful),
-    ];
-    let mut signals = SignalHandler::with_map(&server.shutdown, graceful)?;
-    println!("listening on {}", server.addr);
+    // line is read is handled rather than killing the process. SIGHUP
+    // upgrades; the first SIGINT/SIGTERM drains, a second stops at once.
+    let mut signals = SignalHandler::new(&shutdown)?.upgrader(upgrader.clone());
+    upgrader.ready()?;
+    println!("listening on {addr} (pid {})", std::process::id());
     io::stdout().flush()?;
-    smol::spawn(async move {
+    let accept = smol::spawn(accept_loop(listener));
+    let events = smol::spawn(async move {
         loop {
             println!("{}", signals.next().await);
         }
-    })
-    .detach();
+    });
 
-    server.accept.await;
-    // Ends once stopped, after a last report.
-    server
-        .tracker
-        .report_drain(PROGRESS_EVERY, print_progress)
-        .await;
-    let left = server.tracker.counts().total;
+    accept.await;
+    // Ends once stopped, after a last report; it drives the handoff's
+    // background work and the deadline meanwhile.
+    tracker.report_drain(PROGRESS_EVERY, print_progress).await;
+    drop(events);
+    let left = tracker.counts().total;
     let s = if left == 1 { "" } else { "s" };
-    println!("stopped: {left} connection{s} left");
+    let handoff = upgrader.handover_stats();
+    println!(
+        "stopped: {left} connection{s} left; {} handed to the next generation",
+        handoff.handed_over
+    );
     io::stdout().flush()?;
     Ok(())
 }

@@ -18,9 +18,9 @@
 //! [pre-drain delay](Builder::pre_drain_delay).
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 

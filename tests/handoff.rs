@@ -142,6 +142,10 @@ fn run_tests(args: &[String]) -> ExitCode {
             "stops_at_random_points_of_upgrades_leave_nothing",
             stops_at_random_points_of_upgrades_leave_nothing,
         ),
+        (
+            "a_successor_that_never_reads_its_channel_gets_no_connection",
+            a_successor_that_never_reads_its_channel_gets_no_connection,
+        ),
     ];
     // Orphaned generations are re-parented to us, so we can reap them and
     // prove none is left behind.
@@ -876,6 +880,9 @@ fn serve(args: &[String], fds_at_start: &[i32]) -> ExitCode {
     let addr = listener.local_addr().unwrap();
     let tracker = Tracker::new(&shutdown);
     let mut listener = tracker.listen(Async::new(listener).unwrap());
+    if args.iter().any(|a| a == "--handover") {
+        upgrader.hand_over(&mut listener).unwrap();
+    }
     let bare = upgrader.has_parent() && args.iter().any(|a| a == "--bare");
     let mut signals = (!bare).then(|| {
         SignalHandler::new(&shutdown)
@@ -924,7 +931,11 @@ fn serve(args: &[String], fds_at_start: &[i32]) -> ExitCode {
         // Ends once stopped, after a last report.
         status,
     )));
-    println!("stopped {pid}");
+    let stats = upgrader.handover_stats();
+    println!(
+        "stopped {pid} handed_over={} fell_back={}",
+        stats.handed_over, stats.fell_back
+    );
     ExitCode::SUCCESS
 }
 
@@ -954,18 +965,17 @@ fn bad_child(mode: &str) -> ExitCode {
     match mode {
         "exit" => ExitCode::from(3),
         "garbage" => {
-            let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
-            let index = names
-                .split(':')
-                .position(|n| n == "seamless-ready")
-                .unwrap();
-            let pipe = format!("/proc/self/fd/{}", 3 + index);
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(pipe)
-                .and_then(|mut p| p.write_all(b"hello\n"))
-                .unwrap();
+            write_ready_pipe(b"hello\n");
             std::thread::sleep(TIMEOUT);
+            ExitCode::SUCCESS
+        }
+        // Says it is ready, and keeps the handoff channel open without ever
+        // reading it: a next generation that is stuck, or does not speak
+        // the protocol.
+        "no-read" => {
+            write_ready_pipe(b"ready\n");
+            println!("no-read {}", std::process::id());
+            std::thread::sleep(TIMEOUT * 4);
             ExitCode::SUCCESS
         }
         // Takes what it was passed, says which names, and is ready.
@@ -1014,6 +1024,22 @@ fn bad_child(mode: &str) -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Writes `message` on the readiness pipe by hand, as a child that does not
+/// use the library would.
+fn write_ready_pipe(message: &[u8]) {
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let index = names
+        .split(':')
+        .position(|n| n == "seamless-ready")
+        .unwrap();
+    let pipe = format!("/proc/self/fd/{}", 3 + index);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(pipe)
+        .and_then(|mut p| p.write_all(message))
+        .unwrap();
 }
 
 /// `--activated`: started as systemd would; gets its listener by name.
@@ -1589,4 +1615,30 @@ fn group_is_empty(pgid: u32) -> bool {
 /// Reaps every exited child (we are the subreaper of every generation).
 fn reap_any() {
     while let Ok(Some(_)) = rustix::process::wait(rustix::process::WaitOptions::NOHANG) {}
+}
+
+/// The live handoff's fallback: a next generation that says it is ready
+/// but never reads its handoff channel. The connection the old generation
+/// sent it is closed gracefully by the old generation (EOF, no reset)
+/// within its drain, and counted as fallen back.
+fn a_successor_that_never_reads_its_channel_gets_no_connection() {
+    let server = Server::start(
+        &["--handover", "--next", "no-read", "--probation-ms", "300"],
+        &[],
+    );
+    // Idle: connected, nothing sent yet.
+    let mut idle = TcpStream::connect(server.addr).unwrap();
+    idle.set_read_timeout(Some(TIMEOUT)).unwrap();
+    server.sighup();
+    let line = server.expect("no-read ");
+    let child: u32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let stopped = server.expect(&format!("stopped {}", server.pid));
+    assert!(stopped.contains("handed_over=1 fell_back=1"), "{stopped}");
+    let mut rest = Vec::new();
+    let read = idle.read_to_end(&mut rest);
+    assert!(matches!(read, Ok(0)), "a clean EOF, not {read:?}");
+    assert_eq!(idle.take_error().unwrap().map(|e| e.kind()), None);
+    wait_gone(server.pid);
+    kill(child, Signal::KILL);
+    wait_gone(child);
 }

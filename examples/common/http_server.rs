@@ -11,11 +11,17 @@
 //!
 //! - `GET /` answers `200 ok`; `GET /sleep?ms=N` answers `200 ok` after N ms;
 //!   anything else is a 404 (405 for methods other than GET and HEAD).
-//! - Every response has `content-length` and `x-generation: <pid>`, the pid of
-//!   the process that served it.
-//! - Keep-alive by default (HTTP/1.1). A response written while this process
-//!   is draining says `connection: close`, and the connection is then closed
-//!   cleanly, so a well-behaved client never races the close.
+//! - Every response has `content-length`, `x-generation: <pid>` (the pid of
+//!   the process that served it) and `x-target: <target>` (the request's).
+//! - Keep-alive by default (HTTP/1.1). At a hot restart, idle keep-alive
+//!   connections move, alive, to the next generation (unless
+//!   `--no-handover`). A response written while this process is draining
+//!   says `connection: close` if the connection will really close, and the
+//!   connection is then closed cleanly, so a well-behaved client never races
+//!   the close.
+//! - `GET /decline` keeps the connection from moving to the next generation;
+//!   `GET /state?set=TEXT` sets the state that moves with it, and every
+//!   response then says `x-state: TEXT`, in the next generation too.
 //! - SIGHUP (or SIGUSR2) starts the next generation, which inherits the
 //!   listening socket (so `--listen 127.0.0.1:0` keeps its port across
 //!   restarts); SIGTERM (or SIGINT) drains; a second SIGTERM stops at once.
@@ -295,6 +301,20 @@ struct Request {
     len: usize,
 }
 
+impl Request {
+    /// Stands for a request that could not be parsed, to answer it.
+    fn bad() -> Request {
+        Request {
+            method: String::new(),
+            target: "-".to_owned(),
+            close: true,
+            http10: false,
+            has_body: false,
+            len: 0,
+        }
+    }
+}
+
 enum Head {
     Complete(Request),
     Partial,
@@ -352,11 +372,11 @@ async fn serve(mut stream: Stream) {
                 match parse_head(&buf) {
                     Head::Complete(request) => break request,
                     Head::Invalid(status) => {
-                        let _ = respond(&mut stream, status, false, true, false).await;
+                        let _ = respond(&mut stream, status, &Request::bad(), true, false).await;
                         return stream.close_lingering().await;
                     }
                     Head::Partial if buf.len() >= MAX_HEAD => {
-                        let _ = respond(&mut stream, 431, false, true, false).await;
+                        let _ = respond(&mut stream, 431, &Request::bad(), true, false).await;
                         return stream.close_lingering().await;
                     }
                     Head::Partial => {}
@@ -364,6 +384,10 @@ async fn serve(mut stream: Stream) {
             }
             let mut chunk = [0u8; 4096];
             let room = (MAX_HEAD - buf.len()).min(chunk.len());
+            // Part of a request read already sits in our own buffer, where
+            // the tracker cannot see it: the connection is busy until the
+            // request is whole (neither closed nor handed over under it).
+            let _partial = (!buf.is_empty()).then(|| stream.busy());
             match stream.read(&mut chunk[..room]).await {
                 // The peer closed, or the drain ended this idle connection.
                 Ok(0) => return,
@@ -373,13 +397,26 @@ async fn serve(mut stream: Stream) {
         };
         buf.drain(..request.len);
 
+        let (path, query) = request
+            .target
+            .split_once('?')
+            .unwrap_or((&request.target, ""));
+        match path {
+            "/decline" => stream.decline_handover(),
+            "/state" => {
+                if let Some(text) = query.strip_prefix("set=") {
+                    let _ = stream.set_handover_state(text.as_bytes());
+                }
+            }
+            _ => {}
+        }
         let (status, close_anyway) = route(&request).await;
         // Decided when the response is written: a drain that started while the
         // request was handled still gets its `connection: close`.
         // A connection that moves to the next generation gets no goodbye.
         let close = close_anyway || request.close || stream.will_close();
         let head_only = request.method == "HEAD";
-        if respond(&mut stream, status, request.http10, close, head_only)
+        if respond(&mut stream, status, &request, close, head_only)
             .await
             .is_err()
         {
@@ -404,7 +441,7 @@ async fn route(request: &Request) -> (u16, bool) {
         .split_once('?')
         .unwrap_or((&request.target, ""));
     match path {
-        "/" => (200, false),
+        "/" | "/decline" | "/state" => (200, false),
         "/sleep" => {
             let ms = query
                 .split('&')
@@ -426,10 +463,11 @@ async fn route(request: &Request) -> (u16, bool) {
 async fn respond(
     stream: &mut Stream,
     status: u16,
-    http10: bool,
+    request: &Request,
     close: bool,
     head_only: bool,
 ) -> io::Result<()> {
+    let http10 = request.http10;
     let (reason, body) = match status {
         200 => ("OK", "ok\n"),
         400 => ("Bad Request", "bad request\n"),
@@ -452,9 +490,16 @@ async fn respond(
     } else {
         ""
     };
+    // httparse only lets visible ASCII through in a target.
+    let target = &request.target;
+    let state = match stream.handover_state() {
+        [] => String::new(),
+        state => format!("x-state: {}\r\n", String::from_utf8_lossy(state)),
+    };
     let mut response = format!(
         "HTTP/{version} {status} {reason}\r\ncontent-type: text/plain\r\n\
-         content-length: {}\r\nx-generation: {}\r\n{allow}{connection}\r\n",
+         content-length: {}\r\nx-generation: {}\r\nx-target: {target}\r\n\
+         {state}{allow}{connection}\r\n",
         body.len(),
         std::process::id()
     );

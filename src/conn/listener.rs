@@ -311,8 +311,7 @@ impl<L: Accept> TrackedListener<L> {
         // Connections the previous generation handed over come first, as
         // soon as they arrive.
         if let Some(handover) = &self.handover {
-            while let Some((fd, state)) = handover.successor.poll_received(cx, &handover.listener)
-            {
+            while let Some((fd, state)) = handover.successor.poll_received(cx, &handover.listener) {
                 match L::adopt(fd) {
                     Ok((stream, addr)) => {
                         let mut conn = self.tracker.track(stream);

@@ -99,14 +99,14 @@ pub use next::UpgradeError;
 pub use ready::ReadyError;
 pub use relay::HandoverStats;
 
-use crate::sd;
-use fds::Fds;
 use crate::conn::handover::Handover;
 use crate::conn::{Accept, TrackedListener};
-use fds::{bind_error, bind_unix};
+use crate::sd;
 use channel::{Acks, Sender};
-use relay::Relay;
+use fds::Fds;
+use fds::{bind_error, bind_unix};
 use inherit::{tell_parent, write_pid_file, wrong_type, Inherited, READY_PIPE_NAME};
+use relay::Relay;
 
 /// How to start and judge the next generation.
 ///
@@ -655,7 +655,9 @@ impl Upgrader {
             return None;
         }
         channel::pair()
-            .inspect_err(|e| tracing::warn!(%e, "no handoff channel: idle connections will be closed"))
+            .inspect_err(
+                |e| tracing::warn!(%e, "no handoff channel: idle connections will be closed"),
+            )
             .ok()
     }
 
@@ -779,7 +781,9 @@ impl Upgrader {
         }
         let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_owned());
         if !listener.tracker().shutdown().same(&self.inner.shutdown) {
-            return Err(invalid("the listener is tracked with another Shutdown than the upgrader's"));
+            return Err(invalid(
+                "the listener is tracked with another Shutdown than the upgrader's",
+            ));
         }
         let Some(socket) = listener.get_ref() else {
             return Err(invalid("the listener is closed"));

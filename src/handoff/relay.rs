@@ -214,7 +214,9 @@ impl Relay {
                             received,
                             "the previous generation's handoff channel ended early"
                         ),
-                        Err(e) => tracing::warn!(%e, "the previous generation's handoff channel failed"),
+                        Err(e) => {
+                            tracing::warn!(%e, "the previous generation's handoff channel failed")
+                        }
                         _ => {}
                     }
                     inbound.receiver = None;
@@ -272,9 +274,12 @@ impl Relay {
         };
         while let Some(connection) = inbound.forwarding.front() {
             let fd = connection.fd.as_fd();
-            let sent =
-                out.sender
-                    .poll_send_connection(&mut cx, &connection.listener, &connection.state, fd);
+            let sent = out.sender.poll_send_connection(
+                &mut cx,
+                &connection.listener,
+                &connection.state,
+                fd,
+            );
             let Poll::Ready(sent) = sent else { break };
             let connection = inbound.forwarding.pop_front().expect("front exists");
             match sent {
@@ -346,9 +351,12 @@ impl Successor for Relay {
                 "no next generation takes connections",
             )));
         };
-        let seq = std::task::ready!(out
-            .sender
-            .poll_send_connection(&mut channel_cx, listener, state, fd))?;
+        let seq = std::task::ready!(out.sender.poll_send_connection(
+            &mut channel_cx,
+            listener,
+            state,
+            fd
+        ))?;
         self.stats.handed_over.fetch_add(1, Ordering::SeqCst);
         // Our own copy, until the successor says it took it. Without one
         // (out of fds) the connection is still the successor's; only a

@@ -203,7 +203,6 @@ impl Receiver {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-
     /// Hands out the held connection once its acknowledgement is sent.
     fn poll_hand_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Received>> {
         match self.poll_ack(cx) {
