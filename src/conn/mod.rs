@@ -86,7 +86,14 @@ use registry::{ConnState, Registry};
 /// - a read brings a message that gets no answer (a stray CRLF between
 ///   HTTP/1 requests, a TLS `KeyUpdate`, an HTTP/2 `WINDOW_UPDATE`): the
 ///   connection is Busy until its next response, so a drain waits for it
-///   until the deadline.
+///   until the deadline;
+/// - the application's own buffer holds part of the next request (read
+///   together with the previous one) when it reads again: the tracker sees
+///   a response and a read that finds nothing, and counts it Idle. Hold a
+///   busy guard while a partial request sits in your buffer, as the
+///   examples do (`let _partial = (!buf.is_empty()).then(|| conn.busy());`):
+///   closed, or handed to the next generation, under it, that request would
+///   be lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
     /// A read that returns data makes the connection Busy; bytes written
@@ -308,7 +315,16 @@ impl Tracker {
         let shutdown = self.shutdown();
         shutdown.draining().await;
         while !shutdown.is_stopped() {
-            report(self.counts());
+            let counts = self.counts();
+            tracing::debug!(
+                total = counts.total,
+                busy = counts.busy,
+                idle = counts.idle,
+                new = counts.new,
+                closing = counts.closing,
+                "drain progress"
+            );
+            report(counts);
             futures_lite::future::or(shutdown.stopped(), async {
                 async_io::Timer::after(every).await;
             })
