@@ -420,7 +420,7 @@ impl Shutdown {
     }
 
     /// How many guards are alive.
-    pub fn guards(&self) -> usize {
+    pub(crate) fn guards(&self) -> usize {
         self.inner.guards.load(Ordering::SeqCst)
     }
 

@@ -66,7 +66,7 @@ pub enum Action {
 }
 
 /// The default mapping (see the module docs).
-pub const DEFAULT_MAP: [(Signal, Action); 5] = [
+const DEFAULT_MAP: [(Signal, Action); 5] = [
     (Signal::Term, Action::Graceful),
     (Signal::Int, Action::Graceful),
     (Signal::Hup, Action::Upgrade),
@@ -160,7 +160,7 @@ impl fmt::Debug for SignalHandler {
 }
 
 impl SignalHandler {
-    /// Installs handlers for the [default mapping](DEFAULT_MAP).
+    /// Installs handlers for the default mapping (see the module docs).
     ///
     /// # Errors
     ///

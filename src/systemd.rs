@@ -20,12 +20,14 @@
 //! ```
 //!
 //! A hot restart goes like this: `systemctl reload` sends `SIGHUP` to the
-//! main process, which sends [`reloading`] and starts the next generation as
+//! main process, which sends `RELOADING=1` and starts the next generation as
 //! its child. Once that child is ready, the old generation sends
-//! [`main_pid_ready`] with the child's pid, so systemd follows the service to
-//! its new main process, and then drains and exits. If the upgrade fails, the
-//! old generation goes on serving and must send [`ready`] again to end the
-//! reload.
+//! `MAINPID=<child>` and `READY=1`, so systemd follows the service to its new
+//! main process, and then drains and exits. If the upgrade fails, the old
+//! generation goes on serving and sends `READY=1` again to end the reload.
+//! The [`Upgrader`](crate::Upgrader) sends all of these itself; this module's
+//! public functions are for what only the application knows: its status
+//! line, its drain's progress, its watchdog.
 //!
 //! - **`NotifyAccess=all`**: with the default (`main`), systemd drops every
 //!   message not sent by the main process. During a handoff the main process
@@ -45,8 +47,8 @@
 //!   stopped.
 //!
 //! With systemd 253 or later, `Type=notify-reload` (which sends `SIGHUP`
-//! itself, and needs no `ExecReload=`) works too: [`reloading`] sends the
-//! `MONOTONIC_USEC=` it asks for.
+//! itself, and needs no `ExecReload=`) works too: `RELOADING=1` comes with
+//! the `MONOTONIC_USEC=` it asks for.
 
 use std::ffi::OsStr;
 use std::io;
@@ -95,7 +97,7 @@ pub fn notify(state: &str) -> io::Result<bool> {
 /// # Errors
 ///
 /// As [`notify`].
-pub fn ready() -> io::Result<bool> {
+pub(crate) fn ready() -> io::Result<bool> {
     notify("READY=1")
 }
 
@@ -106,7 +108,7 @@ pub fn ready() -> io::Result<bool> {
 /// # Errors
 ///
 /// As [`notify`].
-pub fn reloading() -> io::Result<bool> {
+pub(crate) fn reloading() -> io::Result<bool> {
     notify(&reloading_message(monotonic_usec()))
 }
 
@@ -115,7 +117,7 @@ pub fn reloading() -> io::Result<bool> {
 /// # Errors
 ///
 /// As [`notify`].
-pub fn stopping() -> io::Result<bool> {
+pub(crate) fn stopping() -> io::Result<bool> {
     notify("STOPPING=1")
 }
 
@@ -129,7 +131,7 @@ pub fn stopping() -> io::Result<bool> {
 /// # Errors
 ///
 /// As [`notify`].
-pub fn main_pid_ready(pid: u32) -> io::Result<bool> {
+pub(crate) fn main_pid_ready(pid: u32) -> io::Result<bool> {
     notify(&main_pid_ready_message(pid))
 }
 
@@ -146,24 +148,12 @@ pub fn status(text: &str) -> io::Result<bool> {
     notify(&status_message(text))
 }
 
-/// Asks systemd for `time` more before it gives up on the current
-/// operation: `EXTEND_TIMEOUT_USEC=<µs>`. It only matters once the operation
-/// has run past its configured timeout (`TimeoutStopSec=` while stopping),
-/// and must be sent again before `time` runs out.
-///
-/// # Errors
-///
-/// As [`notify`].
-pub fn extend_timeout(time: Duration) -> io::Result<bool> {
-    notify(&format!("EXTEND_TIMEOUT_USEC={}", time.as_micros()))
-}
-
 /// Drain progress for systemd, fed by
 /// [`Tracker::report_drain`](crate::Tracker::report_drain).
 ///
 /// Each report sets the status line (`STATUS=draining: N connections
 /// left`), and, as long as connections keep closing, asks for more time
-/// ([`extend_timeout`]) so that a drain which runs past `TimeoutStopSec=`
+/// (`EXTEND_TIMEOUT_USEC=`) so that a drain which runs past `TimeoutStopSec=`
 /// but is still making progress is not killed. A drain that stops making
 /// progress gets no more time: systemd's own timeout applies again.
 ///
@@ -223,7 +213,7 @@ impl DrainStatus {
 
 /// How often systemd expects `WATCHDOG=1` (`WatchdogSec=`), if it does:
 /// `WATCHDOG_USEC` is set and `WATCHDOG_PID`, when set, is this process.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     let var = |name| std::env::var_os(name).map(|v| v.as_bytes().to_vec());
     watchdog_interval_from(
         var("WATCHDOG_USEC").as_deref(),
@@ -247,8 +237,9 @@ fn watchdog_interval_from(
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
-/// Keeps systemd's watchdog fed: sends `WATCHDOG=1` at half the
-/// [`watchdog_interval`], for as long as it is polled. Never resolves; race
+/// Keeps systemd's watchdog fed: sends `WATCHDOG=1` at half the interval
+/// `WATCHDOG_USEC` gives (when `WATCHDOG_PID` is unset or names this
+/// process), for as long as it is polled. Never resolves; race
 /// it against [`Shutdown::stopped`](crate::Shutdown::stopped) beside your
 /// other work. Without a watchdog it just waits forever, sending nothing.
 ///

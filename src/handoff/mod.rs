@@ -828,18 +828,16 @@ impl Upgrader {
     }
 
     /// The generation the running upgrade has made ready, if it has.
+    // For the signal handler's events.
+    #[cfg_attr(not(feature = "signals"), allow(dead_code))]
     pub(crate) fn ready_child(&self) -> Option<u32> {
         *lock(&self.inner.ready_child)
     }
 
     /// Notified when [`ready_child`](Upgrader::ready_child) is set.
+    #[cfg_attr(not(feature = "signals"), allow(dead_code))]
     pub(crate) fn ready_child_changed(&self) -> event_listener::EventListener {
         self.inner.ready_child_set.listen()
-    }
-
-    /// Whether an upgrade is in progress.
-    pub fn is_upgrading(&self) -> bool {
-        self.inner.upgrading.load(Ordering::SeqCst)
     }
 
     /// The inherited socket named `name` if it passes `check`.

@@ -88,7 +88,7 @@ struct Inbound {
     receiver: Option<Receiver>,
     /// Holds off this generation's `Stopped` while its predecessor may
     /// still send: no connection in flight is lost.
-    _guard: Option<Guard>,
+    guard: Option<Guard>,
     inboxes: HashMap<String, VecDeque<Connection>>,
     /// Received while this generation drains for an upgrade: for the
     /// successor, waiting for room on its channel.
@@ -115,7 +115,7 @@ impl Relay {
                 .ok()
         });
         let inbound = Inbound {
-            _guard: receiver.as_ref().map(|_| shutdown.guard()),
+            guard: receiver.as_ref().map(|_| shutdown.guard()),
             app_state: if receiver.is_some() { None } else { Some(None) },
             receiver,
             ..Inbound::default()
@@ -178,8 +178,11 @@ impl Relay {
     pub(crate) fn poll_app_state(&self, cx: &mut Context<'_>) -> Poll<Option<Vec<u8>>> {
         self.wakers.register(cx.waker());
         let mut inbound = lock(&self.inbound);
-        self.drive_inbound(&mut inbound);
-        match inbound.app_state.clone() {
+        let ended = self.drive_inbound(&mut inbound);
+        let state = inbound.app_state.clone();
+        drop(inbound);
+        drop(ended);
+        match state {
             Some(state) => Poll::Ready(state),
             None => Poll::Pending,
         }
@@ -187,16 +190,19 @@ impl Relay {
 
     /// Takes what arrived from the predecessor: connections to their
     /// listeners' inboxes (or on to the successor), the application state,
-    /// the end of the channel.
-    fn drive_inbound(&self, inbound: &mut Inbound) {
+    /// the end of the channel. Returns the guard to drop once the channel
+    /// has ended: drop it after the lock on `inbound` (dropping the last
+    /// guard stops the coordinator, whose hooks take that lock).
+    #[must_use = "drop the guard after unlocking"]
+    fn drive_inbound(&self, inbound: &mut Inbound) -> Option<Guard> {
         let waker = self.wakers.waker();
         let mut cx = Context::from_waker(&waker);
         for _ in 0..PER_POLL {
             let Some(receiver) = &mut inbound.receiver else {
-                return;
+                return None;
             };
             let received = match receiver.poll_recv(&mut cx) {
-                Poll::Pending => return,
+                Poll::Pending => return None,
                 Poll::Ready(received) => received,
             };
             match received {
@@ -220,15 +226,15 @@ impl Relay {
                         _ => {}
                     }
                     inbound.receiver = None;
-                    inbound._guard = None;
                     inbound.app_state.get_or_insert(None);
                     self.state_known.notify(usize::MAX);
                     self.wakers.wake_all();
-                    return;
+                    return inbound.guard.take();
                 }
             }
         }
         waker.wake_by_ref();
+        None
     }
 
     /// Where a received connection goes.
@@ -375,9 +381,14 @@ impl Successor for Relay {
     fn poll_received(&self, cx: &mut Context<'_>, listener: &str) -> Option<(OwnedFd, Vec<u8>)> {
         self.wakers.register(cx.waker());
         let mut inbound = lock(&self.inbound);
-        self.drive_inbound(&mut inbound);
-        let connection = inbound.inboxes.get_mut(listener)?.pop_front()?;
-        Some((connection.fd, connection.state))
+        let ended = self.drive_inbound(&mut inbound);
+        let connection = inbound
+            .inboxes
+            .get_mut(listener)
+            .and_then(VecDeque::pop_front);
+        drop(inbound);
+        drop(ended);
+        connection.map(|c| (c.fd, c.state))
     }
 }
 
@@ -406,8 +417,9 @@ impl PhaseHook for Relay {
             close_gracefully(connection.fd);
         }
         inbound.receiver = None;
-        inbound._guard = None;
+        let guard = inbound.guard.take();
         drop(inbound);
+        drop(guard);
         if let Some(out) = lock(&self.outbound).take() {
             // Say it is over, if the channel has room now; otherwise the
             // successor sees the channel end without it, which is as safe.
@@ -420,8 +432,10 @@ impl PhaseHook for Relay {
     fn poll_work(&self, cx: &mut Context<'_>) {
         self.wakers.register(cx.waker());
         let mut inbound = lock(&self.inbound);
-        self.drive_inbound(&mut inbound);
+        let ended = self.drive_inbound(&mut inbound);
         self.drive_outbound(&mut inbound);
+        drop(inbound);
+        drop(ended);
     }
 }
 
