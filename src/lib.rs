@@ -122,7 +122,7 @@ pub use conn::{Tracked, TrackedListener, Tracker};
 #[doc(hidden)]
 pub mod fuzz_bridge {
     pub use crate::handoff::env::{
-        parse_listen_env, render_listen_env, EnvError, MAX_FD_NAME_LEN, MAX_LISTEN_FDS,
+        parse_listen_env, render_listen_env, Activation, EnvError, MAX_FD_NAME_LEN, MAX_LISTEN_FDS,
         SD_LISTEN_FDS_START,
     };
     pub use crate::handoff::ready::{ReadyError, ReadyReader, ReadyStatus, READY_MESSAGE};

@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use seamless::fuzz_bridge::{
-    parse_listen_env, render_listen_env, EnvError, MAX_FD_NAME_LEN, MAX_LISTEN_FDS,
+    parse_listen_env, render_listen_env, Activation, EnvError, MAX_FD_NAME_LEN, MAX_LISTEN_FDS,
     SD_LISTEN_FDS_START,
 };
 
@@ -36,7 +36,18 @@ fuzz_target!(|data: &[u8]| {
 
     let result = parse_listen_env(listen_pid, listen_fds, listen_fdnames, own_pid);
     let fds = match result {
-        Ok(fds) => fds,
+        Ok(Activation::Fds(fds)) => fds,
+        Ok(Activation::NotOurs { listen_pid: pid }) => {
+            // Only when the fds are announced, and LISTEN_PID is unset or
+            // names another process (as sd_listen_fds() ignores them).
+            assert!(listen_fds.is_some());
+            match (listen_pid, pid) {
+                (None, None) => {}
+                (Some(_), Some(pid)) => assert_ne!(pid, own_pid),
+                other => panic!("NotOurs for {other:?}"),
+            }
+            return;
+        }
         Err(e) => {
             check_error(&e);
             return;
@@ -80,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
         Some(joined.as_bytes()),
         own_pid,
     );
-    assert_eq!(again.as_ref(), Ok(&fds));
+    assert_eq!(again, Ok(Activation::Fds(fds)));
 });
 
 fn check_error(e: &EnvError) {
