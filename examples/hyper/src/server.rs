@@ -39,16 +39,21 @@ use crate::service;
 
 /// How often drain progress is reported.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
+/// seamless's default first-byte grace (`conn::Config::first_byte_grace`),
+/// which has no getter.
+const DEFAULT_FIRST_BYTE_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves until the shutdown has stopped: after an upgrade or a SIGTERM,
 /// once the last connection is gone or the drain deadline has passed.
 pub fn run(args: Args) -> io::Result<()> {
     let started = Instant::now();
-    let shutdown = Shutdown::new();
+    // The coordinator owns the drain deadline, after an upgrade and on
+    // SIGTERM alike.
+    let shutdown = Shutdown::builder()
+        .drain_timeout(args.drain_timeout)
+        .build();
     // First, before anything else opens an fd: take what the parent passed.
-    let mut options = Options::default()
-        .ready_timeout(args.ready_timeout)
-        .drain_timeout(args.drain_timeout);
+    let mut options = Options::default().ready_timeout(args.ready_timeout);
     if let Some(path) = &args.pid_file {
         options = options.pid_file(path);
     }
@@ -60,9 +65,7 @@ pub fn run(args: Args) -> io::Result<()> {
     let listener = upgrader.tcp_listener("http", args.listen.as_str())?;
     let addr = listener.local_addr()?;
     let listener = tracker.listen(Async::new(listener)?);
-    let mut signals = SignalHandler::new(&shutdown)?
-        .upgrader(upgrader.clone())
-        .drain_timeout(args.drain_timeout);
+    let mut signals = SignalHandler::new(&shutdown)?.upgrader(upgrader.clone());
 
     let how = if upgrader.has_parent() {
         "inherited"
@@ -110,19 +113,18 @@ fn conn_config(args: &Args) -> io::Result<Config> {
     if let Some(grace) = args.idle_grace {
         config = config.idle_grace(grace);
     }
-    if let Some(grace) = args.first_byte_grace {
-        config = config.first_byte_grace(grace);
-    }
+    let first_byte_grace = args.first_byte_grace.unwrap_or(DEFAULT_FIRST_BYTE_GRACE);
+    config = config.first_byte_grace(first_byte_grace);
     // hyper counts its header timeout from the connection's first read: a
     // shorter one would close a new connection inside seamless's first-byte
     // grace, the very request the grace is there to let in.
-    if args.header_read_timeout < config.get_first_byte_grace() {
+    if args.header_read_timeout < first_byte_grace {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
                 "--header-read-timeout-ms ({} ms) must not be shorter than the first-byte grace ({} ms)",
                 args.header_read_timeout.as_millis(),
-                config.get_first_byte_grace().as_millis()
+                first_byte_grace.as_millis()
             ),
         ));
     }
