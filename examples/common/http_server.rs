@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! http [--listen ADDR] [--pid-file PATH] [--ready-timeout-ms N] [--drain-timeout-ms N]
-//!      [--idle-grace-ms N]
+//!      [--idle-grace-ms N] [--events]
 //! ```
 //!
 //! - `GET /` answers `200 ok`; `GET /sleep?ms=N` answers `200 ok` after N ms;
@@ -21,22 +21,26 @@
 //!   restarts); SIGTERM (or SIGINT) drains; a second SIGTERM stops at once.
 //!
 //! On stdout it prints `listening on ADDR` once bound. On stderr it logs one
-//! line per event, each starting with `[pid]`; the line
-//! `[pid] drained N connections in M ms (K left at the deadline)` is meant to
-//! be parsed.
+//! line per event for people, each starting with `[pid]`. With `--events` it
+//! also writes one machine-readable line per event there, for the test
+//! harness: `event=upgraded pid=4687 child=4693` and the like, in the format
+//! of `seamless_test_support::events` (`support/src/events.rs`). Only those
+//! are meant to be parsed.
 #![allow(dead_code)]
 
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use seamless::conn::Counts;
 use seamless::handoff::{Options, Upgrader};
-use seamless::signals::SignalHandler;
+use seamless::signals::{self, SignalHandler};
 use seamless::{Shutdown, Tracked, Tracker};
+use seamless_test_support::events::{self, Event};
 
 /// Largest request head accepted; a bigger one gets 431 and a close.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -61,6 +65,8 @@ pub struct Args {
     /// How long an idle keep-alive connection is given at drain for a next
     /// request already on the wire (`None`: the library's default).
     pub idle_grace: Option<Duration>,
+    /// Write machine-readable event lines on stderr too.
+    pub events: bool,
 }
 
 impl Default for Args {
@@ -71,12 +77,13 @@ impl Default for Args {
             ready_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             idle_grace: None,
+            events: false,
         }
     }
 }
 
 const USAGE: &str = "usage: http [--listen ADDR] [--pid-file PATH] \
-                     [--ready-timeout-ms N] [--drain-timeout-ms N] [--idle-grace-ms N]";
+                     [--ready-timeout-ms N] [--drain-timeout-ms N] [--idle-grace-ms N] [--events]";
 
 fn bad_usage(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, format!("{message}\n{USAGE}"))
@@ -109,6 +116,7 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> io::Result<Args> {
             "--ready-timeout-ms" => parsed.ready_timeout = millis(value()?)?,
             "--drain-timeout-ms" => parsed.drain_timeout = millis(value()?)?,
             "--idle-grace-ms" => parsed.idle_grace = Some(millis(value()?)?),
+            "--events" if inline.is_none() => parsed.events = true,
             "-h" | "--help" => return Err(bad_usage("help".into())),
             _ => return Err(bad_usage(format!("unknown argument {name:?}"))),
         }
@@ -127,6 +135,42 @@ macro_rules! log {
     ($($arg:tt)*) => { log(format_args!($($arg)*)) };
 }
 
+/// Whether `--events` was given.
+static EVENTS: AtomicBool = AtomicBool::new(false);
+
+/// With `--events`, writes `event` on stderr as a machine-readable line.
+fn emit(event: impl FnOnce(u32) -> Event) {
+    if EVENTS.load(Ordering::Relaxed) {
+        events::emit(&event(std::process::id()));
+    }
+}
+
+/// The event line for what the signal handler did.
+fn signal_event(event: &signals::Event, pid: u32) -> Event {
+    match event {
+        signals::Event::Graceful { signal } | signals::Event::Immediate { signal } => {
+            Event::Stopping {
+                pid,
+                signal: format!("{signal:?}"),
+                immediate: matches!(event, signals::Event::Immediate { .. }),
+            }
+        }
+        signals::Event::UpgradeStarted { signal } => Event::Upgrading {
+            pid,
+            signal: format!("{signal:?}"),
+        },
+        signals::Event::Upgraded { pid: child } => Event::Upgraded { pid, child: *child },
+        signals::Event::UpgradeFailed(e) => Event::UpgradeFailed {
+            pid,
+            reason: e.to_string(),
+        },
+        other => Event::Notice {
+            pid,
+            text: other.to_string(),
+        },
+    }
+}
+
 /// Parses `args` (without the program name) and serves until stopped.
 pub fn main_with_args(args: impl Iterator<Item = String>) -> io::Result<()> {
     run(parse_args(args)?)
@@ -136,6 +180,7 @@ pub fn main_with_args(args: impl Iterator<Item = String>) -> io::Result<()> {
 /// once the last connection is gone or the drain deadline has passed.
 pub fn run(args: Args) -> io::Result<()> {
     let started = Instant::now();
+    EVENTS.store(args.events, Ordering::Relaxed);
     let shutdown = Shutdown::builder()
         .drain_timeout(args.drain_timeout)
         .build();
@@ -162,6 +207,11 @@ pub fn run(args: Args) -> io::Result<()> {
         "new socket"
     };
     log!("listening on {addr} ({how})");
+    emit(|pid| Event::Listening {
+        pid,
+        addr,
+        inherited: upgrader.has_parent(),
+    });
     {
         let mut stdout = io::stdout().lock();
         writeln!(stdout, "listening on {addr}")?;
@@ -169,6 +219,10 @@ pub fn run(args: Args) -> io::Result<()> {
     }
     upgrader.ready()?;
     log!("ready in {} ms", started.elapsed().as_millis());
+    emit(|pid| Event::Ready {
+        pid,
+        ms: started.elapsed().as_millis() as u64,
+    });
 
     let executor = smol::LocalExecutor::new();
     let mut drain = DrainLog::new(REPORT_EVERY);
@@ -181,6 +235,7 @@ pub fn run(args: Args) -> io::Result<()> {
             loop {
                 let event = signals.next().await;
                 log!("{event}");
+                emit(|pid| signal_event(&event, pid));
             }
         };
         // The accept loop ends when draining starts and the reporter once
@@ -193,6 +248,7 @@ pub fn run(args: Args) -> io::Result<()> {
     }));
     drain.finish(&tracker.counts());
     log!("stopped");
+    emit(|pid| Event::Stopped { pid });
     Ok(())
 }
 
@@ -227,18 +283,34 @@ impl DrainLog {
                 counts.new,
                 counts.closing
             );
+            emit(|pid| Event::Draining {
+                pid,
+                counts: events::Counts {
+                    total: counts.total,
+                    busy: counts.busy,
+                    idle: counts.idle,
+                    new: counts.new,
+                    closing: counts.closing,
+                },
+            });
         }
     }
 
-    /// Logs the parseable summary line. Without a report, the drain found
-    /// no connection at all and ended at once.
+    /// Logs the summary. Without a report, the drain found no connection at
+    /// all and ended at once.
     fn finish(&self, left: &Counts) {
         let (start, open) = self.start.unwrap_or((Instant::now(), 0));
+        let ms = start.elapsed().as_millis() as u64;
         log!(
-            "drained {open} connections in {} ms ({} left at the deadline)",
-            start.elapsed().as_millis(),
+            "drained {open} connections in {ms} ms ({} left at the deadline)",
             left.total
         );
+        emit(|pid| Event::Drained {
+            pid,
+            connections: open,
+            ms,
+            left: left.total,
+        });
     }
 }
 
@@ -254,6 +326,10 @@ async fn accept_loop(
             // Usually transient (EMFILE, ECONNABORTED): back off a little.
             Err(e) => {
                 log!("accept: {e}");
+                emit(|pid| Event::AcceptFailed {
+                    pid,
+                    reason: e.to_string(),
+                });
                 Timer::after(Duration::from_millis(10)).await;
             }
         }
