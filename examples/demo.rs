@@ -25,10 +25,6 @@
 
 #[path = "common/http_server.rs"]
 mod http_server;
-#[path = "common/load.rs"]
-mod load;
-#[path = "common/procs.rs"]
-mod procs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
@@ -38,8 +34,9 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use procs::{alive, connection_fds, fd_count, poll, signal};
 use rustix::process::Signal;
+use seamless_test_support::load;
+use seamless_test_support::procs::{alive, connection_fds, fd_count, poll, signal};
 
 /// Bound for anything that should take milliseconds.
 const LONG: Duration = Duration::from_secs(30);

@@ -12,11 +12,6 @@
 //! Run with `cargo test --test restart -- --nocapture` to see the figures;
 //! set `SEAMLESS_TEST_LOG=1` to see the servers' own logs too.
 
-#[path = "../examples/common/load.rs"]
-mod load;
-#[path = "../examples/common/procs.rs"]
-mod procs;
-
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -26,8 +21,11 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use procs::{alive, become_subreaper, connection_fds, fd_count, pid_of, poll, signal, wait_gone};
 use rustix::process::Signal;
+use seamless_test_support::load;
+use seamless_test_support::procs::{
+    alive, become_subreaper, connection_fds, fd_count, pid_of, poll, signal, wait_gone,
+};
 
 /// Hot restarts in a row under load.
 const RESTARTS: usize = 10;

@@ -21,3 +21,10 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 pub mod events;
+
+#[cfg(feature = "harness")]
+pub mod build;
+#[cfg(feature = "harness")]
+pub mod load;
+#[cfg(feature = "harness")]
+pub mod procs;

@@ -2,14 +2,11 @@
 //! generation it turns into), its log lines to synchronise on, and a small
 //! blocking HTTP/1.1 client for the drain scenarios.
 //!
-//! The load client and the process helpers are the library's own
-//! (`examples/common/`), included by path.
+//! The load client and the process helpers are the library's own test
+//! support (`seamless_test_support`, in `support/`).
 #![allow(dead_code)]
 
-#[path = "../../../common/load.rs"]
-pub mod load;
-#[path = "../../../common/procs.rs"]
-pub mod procs;
+pub use seamless_test_support::{load, procs};
 
 use std::collections::BTreeSet;
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -1,4 +1,5 @@
-//! A load client for the HTTP example server (`common/http_server.rs`).
+//! A load client for the HTTP servers under test: the library's `http`
+//! example (`examples/common/http_server.rs`) and the hyper package's server.
 //!
 //! Built on async-io and futures-lite; its tasks run on one thread of its
 //! own, on a `smol::LocalExecutor`. It only ever connects to loopback
@@ -17,7 +18,7 @@
 //!   a new connection, as HTTP clients do, and counted apart in
 //!   [`Summary::retried_keepalive_race`]. That race (the server closes an
 //!   idle connection just as the client sends on it) cannot be removed by any
-//!   close, however careful; see the design notes.
+//!   close, however careful; see "The keep-alive race" in the README.
 //! - **fresh** clients open a new connection for every request
 //!   (`connection: close`).
 //!
@@ -32,7 +33,6 @@
 //! [`Config::max_requests_per_client`] requests and stops after
 //! [`Config::max_duration`] or when asked; each request (connect included)
 //! times out after [`Config::request_timeout`].
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -612,7 +612,7 @@ pub struct Summary {
     /// Requests retried once after the keep-alive race (whatever the
     /// outcome of the retry).
     pub retried_keepalive_race: u64,
-    /// `/sleep` requests sent, and answered with a 200.
+    /// `/sleep` requests sent.
     pub sleep_sent: u64,
     /// `/sleep` requests answered with a 200 by the right generation.
     pub sleep_ok: u64,
