@@ -25,6 +25,12 @@ pub mod events;
 #[cfg(feature = "harness")]
 pub mod build;
 #[cfg(feature = "harness")]
+pub mod client;
+#[cfg(feature = "harness")]
 pub mod load;
 #[cfg(feature = "harness")]
 pub mod procs;
+#[cfg(feature = "harness")]
+pub mod scenario;
+#[cfg(feature = "harness")]
+pub mod server;
