@@ -29,13 +29,14 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use seamless::conn::{Config, Counts};
 use seamless::handoff::{Options, Upgrader};
-use seamless::signals::SignalHandler;
+use seamless::signals::{self, SignalHandler};
 use seamless::{Shutdown, Tracked, TrackedListener, Tracker};
+use seamless_test_support::events::{self, Event};
 use smol::LocalExecutor;
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 
 use crate::args::Args;
-use crate::service;
+use crate::{emit, service};
 
 /// How often drain progress is reported.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
@@ -73,6 +74,11 @@ pub fn run(args: Args) -> io::Result<()> {
         "new socket"
     };
     log!("listening on {addr} ({how}), hyper http1");
+    emit(|pid| Event::Listening {
+        pid,
+        addr,
+        inherited: upgrader.has_parent(),
+    });
     {
         let mut stdout = io::stdout().lock();
         writeln!(stdout, "listening on {addr}")?;
@@ -81,6 +87,10 @@ pub fn run(args: Args) -> io::Result<()> {
     // Only now: once we are ready, our parent stops accepting.
     upgrader.ready()?;
     log!("ready in {} ms", started.elapsed().as_millis());
+    emit(|pid| Event::Ready {
+        pid,
+        ms: started.elapsed().as_millis() as u64,
+    });
 
     let executor = LocalExecutor::new();
     let drain = Rc::new(DrainLog::default());
@@ -91,6 +101,7 @@ pub fn run(args: Args) -> io::Result<()> {
             loop {
                 let event = signals.next().await;
                 log!("{event}");
+                emit(|pid| signal_event(&event, pid));
             }
         };
         // The accept loop ends when draining starts and the reporter when the
@@ -104,7 +115,34 @@ pub fn run(args: Args) -> io::Result<()> {
     }));
     drain.finish(&tracker.counts());
     log!("stopped");
+    emit(|pid| Event::Stopped { pid });
     Ok(())
+}
+
+/// The event line for what the signal handler did.
+fn signal_event(event: &signals::Event, pid: u32) -> Event {
+    match event {
+        signals::Event::Graceful { signal } | signals::Event::Immediate { signal } => {
+            Event::Stopping {
+                pid,
+                signal: format!("{signal:?}"),
+                immediate: matches!(event, signals::Event::Immediate { .. }),
+            }
+        }
+        signals::Event::UpgradeStarted { signal } => Event::Upgrading {
+            pid,
+            signal: format!("{signal:?}"),
+        },
+        signals::Event::Upgraded { pid: child } => Event::Upgraded { pid, child: *child },
+        signals::Event::UpgradeFailed(e) => Event::UpgradeFailed {
+            pid,
+            reason: e.to_string(),
+        },
+        other => Event::Notice {
+            pid,
+            text: other.to_string(),
+        },
+    }
 }
 
 /// seamless's tuning from the options.
@@ -158,6 +196,7 @@ async fn accept_loop(
             Ok(Some((stream, peer))) => {
                 if verbose {
                     log!("accepted {peer}");
+                    emit(|pid| Event::Accepted { pid, peer });
                 }
                 let http = http.clone();
                 executor
@@ -169,6 +208,10 @@ async fn accept_loop(
             // Usually transient (EMFILE, ECONNABORTED): back off a little.
             Err(e) => {
                 log!("accept: {e}");
+                emit(|pid| Event::AcceptFailed {
+                    pid,
+                    reason: e.to_string(),
+                });
                 Timer::after(Duration::from_millis(10)).await;
             }
         }
@@ -187,16 +230,27 @@ async fn serve(
     let service = service_fn(move |request| {
         if verbose {
             log!("request {} {} from {peer}", request.method(), request.uri());
+            emit(|pid| Event::Request {
+                pid,
+                peer,
+                method: request.method().to_string(),
+                target: request.uri().to_string(),
+            });
         }
         let shutdown = shutdown.clone();
         async move { Ok::<_, Infallible>(service::respond(request, &shutdown).await) }
     });
     let outcome = http.serve_connection(FuturesIo::new(stream), service).await;
     if verbose {
-        match outcome {
+        match &outcome {
             Ok(()) => log!("closed {peer}"),
             Err(e) => log!("closed {peer}: {e}"),
         }
+        emit(|pid| Event::Closed {
+            pid,
+            peer,
+            error: outcome.err().map(|e| e.to_string()),
+        });
     }
 }
 
@@ -221,17 +275,33 @@ impl DrainLog {
         let _ = seamless::systemd::status(&text);
         if self.last.replace(Some(counts)) != Some(counts) {
             log!("{text}");
+            emit(|pid| Event::Draining {
+                pid,
+                counts: events::Counts {
+                    total: counts.total,
+                    busy: counts.busy,
+                    idle: counts.idle,
+                    new: counts.new,
+                    closing: counts.closing,
+                },
+            });
         }
     }
 
-    /// Logs the parseable summary line. Without a report, the drain found
-    /// no connection at all and ended at once.
+    /// Logs the summary. Without a report, the drain found no connection at
+    /// all and ended at once.
     fn finish(&self, left: &Counts) {
         let (start, open) = self.start.get().unwrap_or((Instant::now(), 0));
+        let ms = start.elapsed().as_millis() as u64;
         log!(
-            "drained {open} connections in {} ms ({} left at the deadline)",
-            start.elapsed().as_millis(),
+            "drained {open} connections in {ms} ms ({} left at the deadline)",
             left.total
         );
+        emit(|pid| Event::Drained {
+            pid,
+            connections: open,
+            ms,
+            left: left.total,
+        });
     }
 }
