@@ -39,7 +39,7 @@ use crate::client;
 use crate::events::{Counts, Event};
 use crate::load::{self, millis, p50, Summary};
 use crate::procs::{alive, connection_fds, fd_count, poll, signal, tcp_unread, wait_gone};
-use crate::server::{Launch, Seen, Server, LONG};
+use crate::server::{Launch, Seen, Server, UpgradeFailure, LONG};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -579,15 +579,15 @@ impl Run<'_> {
             }
             let new = match server.wait_upgrade(mark, old, LONG) {
                 Ok(new) => new,
-                Err(why) => {
-                    // The old generation serves on: the next restart asks it
-                    // again, unless it said nothing at all.
-                    let silent = why.starts_with("no new generation");
-                    self.fail_restart(index, why);
-                    if silent {
-                        return;
-                    }
+                // The old generation serves on: the next restart asks it
+                // again.
+                Err(failed @ UpgradeFailure::Failed(_)) => {
+                    self.fail_restart(index, failed.to_string());
                     continue;
+                }
+                Err(silent @ UpgradeFailure::Silent(_)) => {
+                    self.fail_restart(index, silent.to_string());
+                    return;
                 }
             };
             if !server.wait_answers(new, LONG) {

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
+use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -218,6 +219,24 @@ fn read_stderr(stderr: impl Read + Send + 'static, shared: Arc<Shared>, echo: Op
     });
 }
 
+/// Why an upgrade brought no new generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpgradeFailure {
+    /// The old generation said it failed (and serves on), and why.
+    Failed(String),
+    /// The old generation said nothing about it within this long.
+    Silent(Duration),
+}
+
+impl fmt::Display for UpgradeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpgradeFailure::Failed(reason) => write!(f, "upgrade failed: {reason}"),
+            UpgradeFailure::Silent(timeout) => write!(f, "no new generation within {timeout:?}"),
+        }
+    }
+}
+
 /// A running server and every generation it turns into. Dropping it kills
 /// the generations still running.
 #[derive(Debug)]
@@ -341,17 +360,21 @@ impl Server {
 
     /// The outcome of the upgrade of generation `old` that was asked for
     /// after the `since`-th event: the new generation's pid once `old` says
-    /// its successor is ready, or why not (`old` says the upgrade failed, or
-    /// says nothing within `timeout`).
-    pub fn wait_upgrade(&self, since: usize, old: u32, timeout: Duration) -> Result<u32, String> {
+    /// its successor is ready, or why not.
+    pub fn wait_upgrade(
+        &self,
+        since: usize,
+        old: u32,
+        timeout: Duration,
+    ) -> Result<u32, UpgradeFailure> {
         let outcome = self.wait_event(since, timeout, |event| {
             matches!(event, Event::Upgraded { pid, .. } | Event::UpgradeFailed { pid, .. }
                 if *pid == old)
         });
         match outcome {
             Some(Event::Upgraded { child, .. }) => Ok(child),
-            Some(Event::UpgradeFailed { reason, .. }) => Err(format!("upgrade failed: {reason}")),
-            _ => Err(format!("no new generation within {timeout:?}")),
+            Some(Event::UpgradeFailed { reason, .. }) => Err(UpgradeFailure::Failed(reason)),
+            _ => Err(UpgradeFailure::Silent(timeout)),
         }
     }
 
