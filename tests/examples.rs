@@ -12,70 +12,26 @@
 //!
 //! Set `SEAMLESS_TEST_LOG=1` to see the examples' own logs.
 
-#[path = "../examples/common/procs.rs"]
-mod procs;
-
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use procs::{alive, become_subreaper, pid_of, poll, signal, wait_gone};
 use rustix::process::Signal;
+use seamless_test_support::procs::{alive, become_subreaper, pid_of, poll, signal, wait_gone};
 
 /// Generous bound for anything that should take milliseconds.
 const LONG: Duration = Duration::from_secs(30);
 
 /// The example binary `name`, built with the profile and target directory
-/// of this test (`cargo test` does not build examples; cargo is always
-/// asked, a no-op when up to date).
+/// of this test.
 fn example_binary(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
-    let built = BUILT.get_or_init(Default::default);
-    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(binary) = built.get(name) {
-        return binary.clone();
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/examples-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary in target/<profile>/deps");
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev".to_owned(),
-        Some(other) => other.to_owned(),
-    };
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args(["build", "--quiet", "--example", name, "--profile", &profile])
-        .arg("--manifest-path")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
-    if let Some(target_dir) = profile_dir.parent() {
-        build.arg("--target-dir").arg(target_dir);
-    }
-    match build.status() {
-        Ok(status) if status.success() => {}
-        outcome if binary.exists() => {
-            eprintln!("building the {name} example failed ({outcome:?}); using the existing one")
-        }
-        outcome => panic!("building the {name} example failed: {outcome:?}"),
-    }
-    assert!(
-        binary.exists(),
-        "{} missing after the build",
-        binary.display()
-    );
-    built.insert(name.to_owned(), binary.clone());
-    binary
+    seamless_test_support::build::example_binary(env!("CARGO_MANIFEST_DIR"), name)
 }
 
 /// A running example and every generation it turns into.

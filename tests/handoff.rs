@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use async_io::Async;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
-use rustix::process::{Pid, Signal};
+use rustix::process::Signal;
 use seamless::handoff::{Options, UpgradeError, Upgrader};
 use seamless::signals::SignalHandler;
 use seamless::{Shutdown, Tracker};
+use seamless_test_support::procs;
 
 /// Generous: the machine is small and noisy.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -612,10 +613,9 @@ fn kill_descendants(pid: u32) {
         let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
         for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
             kill_descendants(child);
-            let _ =
-                rustix::process::kill_process(Pid::from_raw(child as i32).unwrap(), Signal::KILL);
+            let _ = procs::signal(child, Signal::KILL);
             let _ = rustix::process::waitpid(
-                Pid::from_raw(child as i32),
+                Some(procs::pid_of(child)),
                 rustix::process::WaitOptions::empty(),
             );
         }
@@ -636,28 +636,15 @@ fn ask_pid(addr: SocketAddr) -> u32 {
 }
 
 fn kill(pid: u32, signal: Signal) {
-    let pid = Pid::from_raw(pid as i32).unwrap();
-    rustix::process::kill_process(pid, signal).expect("send a signal");
+    procs::signal(pid, signal).expect("send a signal");
 }
 
 /// Waits until `pid` is gone, reaping it if it was (re-parented to) ours.
 fn wait_gone(pid: u32) {
-    let raw = Pid::from_raw(pid as i32).unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        match rustix::process::waitpid(Some(raw), rustix::process::WaitOptions::NOHANG) {
-            Ok(Some(_)) => return,
-            Ok(None) => {}
-            // Not our child: gone once signalling it fails.
-            Err(_) => {
-                if rustix::process::test_kill_process(raw).is_err() {
-                    return;
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("process {pid} still exists after {TIMEOUT:?}");
+    assert!(
+        procs::wait_reaped(pid, TIMEOUT),
+        "process {pid} still exists after {TIMEOUT:?}"
+    );
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1557,7 +1544,7 @@ fn stops_at_random_points_of_upgrades_leave_nothing() {
         server.sighup();
         // The fault's position: a pseudo-random time into the upgrade.
         std::thread::sleep(delay);
-        let group = Pid::from_raw(server.pid as i32).unwrap();
+        let group = rustix::process::Pid::from_raw(server.pid as i32).unwrap();
         rustix::process::kill_process_group(group, signal).expect("signal the service");
         load.stop();
         // Every process of the service exits (and we reap it).

@@ -16,9 +16,6 @@
 //! Clients are plain blocking sockets on threads, bounded in count and
 //! time. Set `SEAMLESS_TEST_LOG=1` to see the servers' logs.
 
-#[path = "../examples/common/procs.rs"]
-mod procs;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -28,34 +25,18 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use procs::{alive, become_subreaper, connection_fds, fd_count, poll, signal, wait_gone};
 use rustix::process::Signal;
+use seamless_test_support::build;
+use seamless_test_support::procs::{
+    alive, become_subreaper, connection_fds, fd_count, poll, signal, wait_gone,
+};
 
 /// Generous bound for anything that should take milliseconds.
 const LONG: Duration = Duration::from_secs(30);
 
-/// Example `name`'s binary, built with this test's profile and target
-/// directory (`cargo test` does not build examples).
+/// Example `name`'s binary, built with this test's profile.
 fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary in target/<profile>/deps");
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev".to_owned(),
-        Some(other) => other.to_owned(),
-    };
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", name, "--profile", &profile])
-        .arg("--manifest-path")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(profile_dir.parent().expect("target dir"))
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building the {name} example failed");
-    profile_dir.join("examples").join(name)
+    build::example_binary(env!("CARGO_MANIFEST_DIR"), name)
 }
 
 fn http_binary() -> &'static Path {

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! http [--listen ADDR] [--pid-file PATH] [--ready-timeout-ms N] [--drain-timeout-ms N]
-//!      [--idle-grace-ms N] [--probation-ms N] [--no-handover]
+//!      [--idle-grace-ms N] [--probation-ms N] [--no-handover] [--events]
 //! ```
 //!
 //! - `GET /` answers `200 ok`; `GET /sleep?ms=N` answers `200 ok` after N ms;
@@ -27,22 +27,26 @@
 //!   restarts); SIGTERM (or SIGINT) drains; a second SIGTERM stops at once.
 //!
 //! On stdout it prints `listening on ADDR` once bound. On stderr it logs one
-//! line per event, each starting with `[pid]`; the line
-//! `[pid] drained N connections in M ms (K left at the deadline)` is meant to
-//! be parsed.
+//! line per event for people, each starting with `[pid]`. With `--events` it
+//! also writes one machine-readable line per event there, for the test
+//! harness: `event=upgraded pid=4687 child=4693` and the like, in the format
+//! of `seamless_test_support::events` (`support/src/events.rs`). Only those
+//! are meant to be parsed.
 #![allow(dead_code)]
 
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use seamless::conn::Counts;
-use seamless::handoff::{Options, Upgrader};
-use seamless::signals::SignalHandler;
+use seamless::handoff::{HandoverStats, Options, Upgrader};
+use seamless::signals::{self, SignalHandler};
 use seamless::{Shutdown, Tracked, Tracker};
+use seamless_test_support::events::{self, Event};
 
 /// Largest request head accepted; a bigger one gets 431 and a close.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -73,6 +77,8 @@ pub struct Args {
     /// Close idle connections at a drain instead of handing them, alive,
     /// to the next generation.
     pub no_handover: bool,
+    /// Write machine-readable event lines on stderr too.
+    pub events: bool,
 }
 
 impl Default for Args {
@@ -85,13 +91,14 @@ impl Default for Args {
             idle_grace: None,
             probation: None,
             no_handover: false,
+            events: false,
         }
     }
 }
 
 const USAGE: &str = "usage: http [--listen ADDR] [--pid-file PATH] \
                      [--ready-timeout-ms N] [--drain-timeout-ms N] [--idle-grace-ms N] \
-                     [--probation-ms N] [--no-handover]";
+                     [--probation-ms N] [--no-handover] [--events]";
 
 fn bad_usage(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, format!("{message}\n{USAGE}"))
@@ -126,6 +133,7 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> io::Result<Args> {
             "--idle-grace-ms" => parsed.idle_grace = Some(millis(value()?)?),
             "--probation-ms" => parsed.probation = Some(millis(value()?)?),
             "--no-handover" => parsed.no_handover = true,
+            "--events" if inline.is_none() => parsed.events = true,
             "-h" | "--help" => return Err(bad_usage("help".into())),
             _ => return Err(bad_usage(format!("unknown argument {name:?}"))),
         }
@@ -144,6 +152,42 @@ macro_rules! log {
     ($($arg:tt)*) => { log(format_args!($($arg)*)) };
 }
 
+/// Whether `--events` was given.
+static EVENTS: AtomicBool = AtomicBool::new(false);
+
+/// With `--events`, writes `event` on stderr as a machine-readable line.
+fn emit(event: impl FnOnce(u32) -> Event) {
+    if EVENTS.load(Ordering::Relaxed) {
+        events::emit(&event(std::process::id()));
+    }
+}
+
+/// The event line for what the signal handler did.
+fn signal_event(event: &signals::Event, pid: u32) -> Event {
+    match event {
+        signals::Event::Graceful { signal } | signals::Event::Immediate { signal } => {
+            Event::Stopping {
+                pid,
+                signal: format!("{signal:?}"),
+                immediate: matches!(event, signals::Event::Immediate { .. }),
+            }
+        }
+        signals::Event::UpgradeStarted { signal } => Event::Upgrading {
+            pid,
+            signal: format!("{signal:?}"),
+        },
+        signals::Event::Upgraded { pid: child } => Event::Upgraded { pid, child: *child },
+        signals::Event::UpgradeFailed(e) => Event::UpgradeFailed {
+            pid,
+            reason: e.to_string(),
+        },
+        other => Event::Notice {
+            pid,
+            text: other.to_string(),
+        },
+    }
+}
+
 /// Parses `args` (without the program name) and serves until stopped.
 pub fn main_with_args(args: impl Iterator<Item = String>) -> io::Result<()> {
     run(parse_args(args)?)
@@ -153,6 +197,7 @@ pub fn main_with_args(args: impl Iterator<Item = String>) -> io::Result<()> {
 /// once the last connection is gone or the drain deadline has passed.
 pub fn run(args: Args) -> io::Result<()> {
     let started = Instant::now();
+    EVENTS.store(args.events, Ordering::Relaxed);
     let shutdown = Shutdown::builder()
         .drain_timeout(args.drain_timeout)
         .build();
@@ -186,6 +231,11 @@ pub fn run(args: Args) -> io::Result<()> {
         "new socket"
     };
     log!("listening on {addr} ({how})");
+    emit(|pid| Event::Listening {
+        pid,
+        addr,
+        inherited: upgrader.has_parent(),
+    });
     {
         let mut stdout = io::stdout().lock();
         writeln!(stdout, "listening on {addr}")?;
@@ -193,18 +243,24 @@ pub fn run(args: Args) -> io::Result<()> {
     }
     upgrader.ready()?;
     log!("ready in {} ms", started.elapsed().as_millis());
+    emit(|pid| Event::Ready {
+        pid,
+        ms: started.elapsed().as_millis() as u64,
+    });
 
     let executor = smol::LocalExecutor::new();
-    let mut drain = DrainLog::new(REPORT_EVERY);
+    let drain = std::cell::RefCell::new(DrainLog::new(REPORT_EVERY));
     smol::block_on(executor.run(async {
         let accepting = accept_loop(listener, &executor);
         // Ends right after its last report, once stopped; like `stopped()`,
         // it enforces the drain deadline while it is awaited.
-        let reporting = tracker.report_drain(REPORT_EVERY, |counts| drain.report(counts));
+        let reporting =
+            tracker.report_drain(REPORT_EVERY, |counts| drain.borrow_mut().report(counts));
         let handling_signals = async {
             loop {
                 let event = signals.next().await;
                 log!("{event}");
+                emit(|pid| signal_event(&event, pid));
             }
         };
         // The accept loop ends when draining starts and the reporter once
@@ -212,11 +268,29 @@ pub fn run(args: Args) -> io::Result<()> {
         let work = async {
             future::zip(accepting, reporting).await;
         };
+        // The drain is over once its last connection is gone (closed or
+        // handed over); `Stopped` itself may come later, after probation.
+        // Polled for the log's sake: nothing waits on it.
+        let drained = async {
+            shutdown.draining().await;
+            while tracker.counts().total > 0 && !shutdown.is_stopped() {
+                Timer::after(Duration::from_millis(1)).await;
+            }
+            drain
+                .borrow_mut()
+                .finish(&tracker.counts(), upgrader.handover_stats());
+            future::pending::<()>().await
+        };
         let background = future::or(handling_signals, seamless::systemd::feed_watchdog());
-        future::or(work, background).await;
+        future::or(work, future::or(background, drained)).await;
     }));
-    drain.finish(&tracker.counts());
+    // Stopped at the deadline with connections left, or before the drain's
+    // first look: said now.
+    drain
+        .borrow_mut()
+        .finish(&tracker.counts(), upgrader.handover_stats());
     log!("stopped");
+    emit(|pid| Event::Stopped { pid });
     Ok(())
 }
 
@@ -225,6 +299,8 @@ struct DrainLog {
     /// When draining started, and how many connections were open then.
     start: Option<(Instant, usize)>,
     last: Option<Counts>,
+    /// The summary was logged.
+    finished: bool,
     /// `STATUS=` and, while connections keep closing, more stop time.
     systemd: seamless::systemd::DrainStatus,
 }
@@ -234,6 +310,7 @@ impl DrainLog {
         DrainLog {
             start: None,
             last: None,
+            finished: false,
             systemd: seamless::systemd::DrainStatus::new(every),
         }
     }
@@ -251,18 +328,42 @@ impl DrainLog {
                 counts.new,
                 counts.closing
             );
+            emit(|pid| Event::Draining {
+                pid,
+                counts: events::Counts {
+                    total: counts.total,
+                    busy: counts.busy,
+                    idle: counts.idle,
+                    new: counts.new,
+                    closing: counts.closing,
+                },
+            });
         }
     }
 
-    /// Logs the parseable summary line. Without a report, the drain found
-    /// no connection at all and ended at once.
-    fn finish(&self, left: &Counts) {
+    /// Logs the summary, once. Without a report, the drain found no
+    /// connection at all and ended at once.
+    fn finish(&mut self, left: &Counts, handoff: HandoverStats) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
         let (start, open) = self.start.unwrap_or((Instant::now(), 0));
+        let ms = start.elapsed().as_millis() as u64;
         log!(
-            "drained {open} connections in {} ms ({} left at the deadline)",
-            start.elapsed().as_millis(),
-            left.total
+            "drained {open} connections in {ms} ms ({} left at the deadline, \
+             {} handed to the next generation, {} fell back to a close)",
+            left.total,
+            handoff.handed_over,
+            handoff.fell_back
         );
+        emit(|pid| Event::Drained {
+            pid,
+            connections: open,
+            ms,
+            left: left.total,
+            handed_over: handoff.handed_over,
+            fell_back: handoff.fell_back,
+        });
     }
 }
 
@@ -278,6 +379,10 @@ async fn accept_loop(
             // Usually transient (EMFILE, ECONNABORTED): back off a little.
             Err(e) => {
                 log!("accept: {e}");
+                emit(|pid| Event::AcceptFailed {
+                    pid,
+                    reason: e.to_string(),
+                });
                 Timer::after(Duration::from_millis(10)).await;
             }
         }

@@ -24,8 +24,12 @@ pub struct Args {
     /// on a new connection and between two requests of a kept-alive one.
     pub header_read_timeout: Duration,
     /// Log every connection accepted, every request and every connection
-    /// error (the tests synchronise on these lines).
+    /// closed (with `--events`, as event lines too: the tests synchronise on
+    /// those).
     pub verbose: bool,
+    /// Write machine-readable event lines on stderr too, for the test
+    /// harness.
+    pub events: bool,
 }
 
 impl Default for Args {
@@ -40,13 +44,14 @@ impl Default for Args {
             // hyper's own default.
             header_read_timeout: Duration::from_secs(30),
             verbose: false,
+            events: false,
         }
     }
 }
 
 const USAGE: &str = "usage: seamless-hyper [--listen ADDR] [--pid-file PATH] \
                      [--ready-timeout-ms N] [--drain-timeout-ms N] [--idle-grace-ms N] \
-                     [--first-byte-grace-ms N] [--header-read-timeout-ms N] [--verbose]";
+                     [--first-byte-grace-ms N] [--header-read-timeout-ms N] [--verbose] [--events]";
 
 fn bad_usage(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, format!("{message}\n{USAGE}"))
@@ -82,6 +87,7 @@ pub fn parse(args: impl Iterator<Item = String>) -> io::Result<Args> {
             "--first-byte-grace-ms" => parsed.first_byte_grace = Some(millis(value()?)?),
             "--header-read-timeout-ms" => parsed.header_read_timeout = millis(value()?)?,
             "--verbose" if inline.is_none() => parsed.verbose = true,
+            "--events" if inline.is_none() => parsed.events = true,
             "-h" | "--help" => return Err(bad_usage("help".into())),
             _ => return Err(bad_usage(format!("unknown argument {name:?}"))),
         }
@@ -115,6 +121,7 @@ mod tests {
             "--header-read-timeout-ms",
             "9",
             "--verbose",
+            "--events",
         ])
         .unwrap();
         assert_eq!(args.listen, "127.0.0.1:0");
@@ -125,6 +132,8 @@ mod tests {
         assert_eq!(args.first_byte_grace, Some(Duration::from_millis(8)));
         assert_eq!(args.header_read_timeout, Duration::from_millis(9));
         assert!(args.verbose);
+        assert!(args.events);
+        assert!(!parse_all(&[]).unwrap().events);
     }
 
     #[test]
@@ -134,6 +143,7 @@ mod tests {
             (&["--listen"][..], "--listen needs a value"),
             (&["--bogus"][..], "--bogus"),
             (&["--verbose=yes"][..], "--verbose"),
+            (&["--events=no"][..], "--events"),
             (&["--header-read-timeout-ms", "0"][..], "above 0"),
         ] {
             let error = parse_all(args).unwrap_err();

@@ -29,26 +29,32 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use seamless::conn::{Config, Counts};
 use seamless::handoff::{Options, Upgrader};
-use seamless::signals::SignalHandler;
+use seamless::signals::{self, SignalHandler};
 use seamless::{Shutdown, Tracked, TrackedListener, Tracker};
+use seamless_test_support::events::{self, Event};
 use smol::LocalExecutor;
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 
 use crate::args::Args;
-use crate::service;
+use crate::{emit, service};
 
 /// How often drain progress is reported.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
+/// seamless's default first-byte grace (`conn::Config::first_byte_grace`),
+/// which has no getter.
+const DEFAULT_FIRST_BYTE_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves until the shutdown has stopped: after an upgrade or a SIGTERM,
 /// once the last connection is gone or the drain deadline has passed.
 pub fn run(args: Args) -> io::Result<()> {
     let started = Instant::now();
-    let shutdown = Shutdown::new();
+    // The coordinator owns the drain deadline, after an upgrade and on
+    // SIGTERM alike.
+    let shutdown = Shutdown::builder()
+        .drain_timeout(args.drain_timeout)
+        .build();
     // First, before anything else opens an fd: take what the parent passed.
-    let mut options = Options::default()
-        .ready_timeout(args.ready_timeout)
-        .drain_timeout(args.drain_timeout);
+    let mut options = Options::default().ready_timeout(args.ready_timeout);
     if let Some(path) = &args.pid_file {
         options = options.pid_file(path);
     }
@@ -60,9 +66,7 @@ pub fn run(args: Args) -> io::Result<()> {
     let listener = upgrader.tcp_listener("http", args.listen.as_str())?;
     let addr = listener.local_addr()?;
     let listener = tracker.listen(Async::new(listener)?);
-    let mut signals = SignalHandler::new(&shutdown)?
-        .upgrader(upgrader.clone())
-        .drain_timeout(args.drain_timeout);
+    let mut signals = SignalHandler::new(&shutdown)?.upgrader(upgrader.clone());
 
     let how = if upgrader.has_parent() {
         "inherited"
@@ -70,6 +74,11 @@ pub fn run(args: Args) -> io::Result<()> {
         "new socket"
     };
     log!("listening on {addr} ({how}), hyper http1");
+    emit(|pid| Event::Listening {
+        pid,
+        addr,
+        inherited: upgrader.has_parent(),
+    });
     {
         let mut stdout = io::stdout().lock();
         writeln!(stdout, "listening on {addr}")?;
@@ -78,6 +87,10 @@ pub fn run(args: Args) -> io::Result<()> {
     // Only now: once we are ready, our parent stops accepting.
     upgrader.ready()?;
     log!("ready in {} ms", started.elapsed().as_millis());
+    emit(|pid| Event::Ready {
+        pid,
+        ms: started.elapsed().as_millis() as u64,
+    });
 
     let executor = LocalExecutor::new();
     let drain = Rc::new(DrainLog::default());
@@ -88,6 +101,7 @@ pub fn run(args: Args) -> io::Result<()> {
             loop {
                 let event = signals.next().await;
                 log!("{event}");
+                emit(|pid| signal_event(&event, pid));
             }
         };
         // The accept loop ends when draining starts and the reporter when the
@@ -101,7 +115,34 @@ pub fn run(args: Args) -> io::Result<()> {
     }));
     drain.finish(&tracker.counts());
     log!("stopped");
+    emit(|pid| Event::Stopped { pid });
     Ok(())
+}
+
+/// The event line for what the signal handler did.
+fn signal_event(event: &signals::Event, pid: u32) -> Event {
+    match event {
+        signals::Event::Graceful { signal } | signals::Event::Immediate { signal } => {
+            Event::Stopping {
+                pid,
+                signal: format!("{signal:?}"),
+                immediate: matches!(event, signals::Event::Immediate { .. }),
+            }
+        }
+        signals::Event::UpgradeStarted { signal } => Event::Upgrading {
+            pid,
+            signal: format!("{signal:?}"),
+        },
+        signals::Event::Upgraded { pid: child } => Event::Upgraded { pid, child: *child },
+        signals::Event::UpgradeFailed(e) => Event::UpgradeFailed {
+            pid,
+            reason: e.to_string(),
+        },
+        other => Event::Notice {
+            pid,
+            text: other.to_string(),
+        },
+    }
 }
 
 /// seamless's tuning from the options.
@@ -110,19 +151,18 @@ fn conn_config(args: &Args) -> io::Result<Config> {
     if let Some(grace) = args.idle_grace {
         config = config.idle_grace(grace);
     }
-    if let Some(grace) = args.first_byte_grace {
-        config = config.first_byte_grace(grace);
-    }
+    let first_byte_grace = args.first_byte_grace.unwrap_or(DEFAULT_FIRST_BYTE_GRACE);
+    config = config.first_byte_grace(first_byte_grace);
     // hyper counts its header timeout from the connection's first read: a
     // shorter one would close a new connection inside seamless's first-byte
     // grace, the very request the grace is there to let in.
-    if args.header_read_timeout < config.get_first_byte_grace() {
+    if args.header_read_timeout < first_byte_grace {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
                 "--header-read-timeout-ms ({} ms) must not be shorter than the first-byte grace ({} ms)",
                 args.header_read_timeout.as_millis(),
-                config.get_first_byte_grace().as_millis()
+                first_byte_grace.as_millis()
             ),
         ));
     }
@@ -156,6 +196,7 @@ async fn accept_loop(
             Ok(Some((stream, peer))) => {
                 if verbose {
                     log!("accepted {peer}");
+                    emit(|pid| Event::Accepted { pid, peer });
                 }
                 let http = http.clone();
                 executor
@@ -167,6 +208,10 @@ async fn accept_loop(
             // Usually transient (EMFILE, ECONNABORTED): back off a little.
             Err(e) => {
                 log!("accept: {e}");
+                emit(|pid| Event::AcceptFailed {
+                    pid,
+                    reason: e.to_string(),
+                });
                 Timer::after(Duration::from_millis(10)).await;
             }
         }
@@ -185,16 +230,27 @@ async fn serve(
     let service = service_fn(move |request| {
         if verbose {
             log!("request {} {} from {peer}", request.method(), request.uri());
+            emit(|pid| Event::Request {
+                pid,
+                peer,
+                method: request.method().to_string(),
+                target: request.uri().to_string(),
+            });
         }
         let shutdown = shutdown.clone();
         async move { Ok::<_, Infallible>(service::respond(request, &shutdown).await) }
     });
     let outcome = http.serve_connection(FuturesIo::new(stream), service).await;
     if verbose {
-        match outcome {
+        match &outcome {
             Ok(()) => log!("closed {peer}"),
             Err(e) => log!("closed {peer}: {e}"),
         }
+        emit(|pid| Event::Closed {
+            pid,
+            peer,
+            error: outcome.err().map(|e| e.to_string()),
+        });
     }
 }
 
@@ -219,17 +275,33 @@ impl DrainLog {
         let _ = seamless::systemd::status(&text);
         if self.last.replace(Some(counts)) != Some(counts) {
             log!("{text}");
+            emit(|pid| Event::Draining {
+                pid,
+                counts: events::Counts {
+                    total: counts.total,
+                    busy: counts.busy,
+                    idle: counts.idle,
+                    new: counts.new,
+                    closing: counts.closing,
+                },
+            });
         }
     }
 
-    /// Logs the parseable summary line. Without a report, the drain found
-    /// no connection at all and ended at once.
+    /// Logs the summary. Without a report, the drain found no connection at
+    /// all and ended at once.
     fn finish(&self, left: &Counts) {
         let (start, open) = self.start.get().unwrap_or((Instant::now(), 0));
+        let ms = start.elapsed().as_millis() as u64;
         log!(
-            "drained {open} connections in {} ms ({} left at the deadline)",
-            start.elapsed().as_millis(),
+            "drained {open} connections in {ms} ms ({} left at the deadline)",
             left.total
         );
+        emit(|pid| Event::Drained {
+            pid,
+            connections: open,
+            ms,
+            left: left.total,
+        });
     }
 }

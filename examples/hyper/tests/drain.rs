@@ -6,39 +6,36 @@
 //! stack that flushes eagerly and reads ahead), but live here because hyper
 //! pulls in tokio's `sync`.
 //!
-//! Each scenario synchronises on the server's `--verbose` log lines
-//! (`accepted ADDR`, `request ...`, the first `draining: ...` report), never
-//! on a sleep. Timings are only asserted as lower bounds (a grace was
-//! honoured, not cut short).
+//! Each scenario synchronises on the server's events (`--verbose
+//! --events`: `accepted`, `request`, the first `draining` report), never on
+//! a sleep. Timings are only asserted as lower bounds (a grace was honoured,
+//! not cut short).
 
 mod support;
 
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
-use support::procs::{signal, wait_gone};
-use support::{
-    assert_no_reset, connect, expect_eof, read_response, send_get, Response, Server, LONG,
+use seamless_test_support::client::{
+    assert_no_reset, expect_eof, read_response, send_get, Response,
 };
-
-/// The counts of a `draining: N connections (busy B, idle I, new W,
-/// closing C)` line, as `[total, busy, idle, new, closing]`.
-fn drain_counts(text: &str) -> [usize; 5] {
-    let numbers: Vec<usize> = text
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    numbers
-        .try_into()
-        .unwrap_or_else(|n| panic!("not a drain report: {text:?} ({n:?})"))
-}
+use seamless_test_support::events::Counts;
+use seamless_test_support::procs::{signal, wait_gone};
+use support::{start, wait_event, wait_only_open, Event, Server, LONG};
 
 /// Sends SIGTERM to `pid` and returns its first drain report's counts.
-fn sigterm(server: &Server, pid: u32) -> [usize; 5] {
+fn sigterm(server: &Server, pid: u32) -> Counts {
     signal(pid, Signal::TERM).expect("send SIGTERM");
-    let report = server.wait_line(pid, "a drain report", |t| t.starts_with("draining: "));
-    drain_counts(&report)
+    let report = wait_event(
+        server,
+        "a drain report",
+        |e| matches!(e, Event::Draining { pid: p, .. } if *p == pid),
+    );
+    match report {
+        Event::Draining { counts, .. } => counts,
+        other => unreachable!("{other:?}"),
+    }
 }
 
 /// The process exits, having drained `connections` with none left at the
@@ -47,11 +44,14 @@ fn assert_drained_and_gone(server: &Server, pid: u32, connections: usize) {
     if !wait_gone(pid, LONG) {
         server.fail(&format!("{pid} did not exit after SIGTERM"));
     }
-    let summary = server.wait_line(pid, "the drain summary", |t| t.starts_with("drained "));
+    let summary = wait_event(
+        server,
+        "the drain summary",
+        |e| matches!(e, Event::Drained { pid: p, .. } if *p == pid),
+    );
     assert!(
-        summary.starts_with(&format!("drained {connections} connections in "))
-            && summary.ends_with("(0 left at the deadline)"),
-        "{summary}"
+        matches!(summary, Event::Drained { connections: n, left: 0, .. } if n == connections),
+        "{summary:?}"
     );
     assert!(
         server.wait_pipes_closed(LONG),
@@ -83,10 +83,23 @@ fn assert_ok(response: &Response, pid: u32, close: bool) {
 /// Connects and waits until the server has accepted this connection and
 /// closed every other (its readiness probes).
 fn connect_alone(server: &Server, pid: u32) -> TcpStream {
-    let client = connect(server.addr);
+    let client = seamless_test_support::client::connect(server.addr()).expect("connect");
     let me = client.local_addr().expect("local_addr");
-    server.wait_only_open(pid, me);
+    wait_only_open(server, pid, me);
     client
+}
+
+/// Sends `GET path` on a kept-alive connection.
+fn get(client: &mut TcpStream, path: &str) {
+    send_get(client, path, false).expect("send the request");
+}
+
+/// Waits until `pid`'s handler has the request for `target` from `peer`.
+fn wait_request(server: &Server, pid: u32, peer: SocketAddr, target: &str) {
+    wait_event(server, "the request in the handler", |e| {
+        matches!(e, Event::Request { pid: p, peer: from, target: t, .. }
+            if *p == pid && *from == peer && t == target)
+    });
 }
 
 /// A request in flight when SIGTERM arrives is answered in full, with
@@ -97,13 +110,12 @@ fn connect_alone(server: &Server, pid: u32) -> TcpStream {
 /// closed it under the request (the library's commit 53816ac fixed it).
 #[test]
 fn in_flight_request_spanning_sigterm_completes_with_connection_close() {
-    let server = Server::start("in-flight", &["--verbose"]);
-    let pid = server.first_pid;
+    let server = start("in-flight", &["--verbose"]);
+    let pid = server.first_pid();
     let mut client = connect_alone(&server, pid);
     let me = client.local_addr().unwrap();
-    send_get(&mut client, "/sleep?ms=5000", false);
-    let request = format!("request GET /sleep?ms=5000 from {me}");
-    server.wait_line(pid, "the request in the handler", |t| t == request);
+    get(&mut client, "/sleep?ms=5000");
+    wait_request(&server, pid, me, "/sleep?ms=5000");
 
     let counts = sigterm(&server, pid);
     let response = read_response(&mut client).unwrap_or_else(|e| {
@@ -112,8 +124,11 @@ fn in_flight_request_spanning_sigterm_completes_with_connection_close() {
         ))
     });
     assert_ok(&response, pid, true);
-    let [total, busy, ..] = counts;
-    assert_eq!((total, busy), (1, 1), "the request is busy at the drain");
+    assert_eq!(
+        (counts.total, counts.busy),
+        (1, 1),
+        "the request is busy at the drain"
+    );
     expect_eof(&mut client);
     assert_drained_and_gone(&server, pid, 1);
     assert_no_reset(&client);
@@ -125,16 +140,16 @@ fn in_flight_request_spanning_sigterm_completes_with_connection_close() {
 #[test]
 fn idle_keepalive_connection_gets_clean_eof_after_idle_grace() {
     const IDLE_GRACE: Duration = Duration::from_millis(1000);
-    let server = Server::start("idle", &["--verbose", "--idle-grace-ms", "1000"]);
-    let pid = server.first_pid;
+    let server = start("idle", &["--verbose", "--idle-grace-ms", "1000"]);
+    let pid = server.first_pid();
     let mut client = connect_alone(&server, pid);
     let sent = Instant::now();
-    send_get(&mut client, "/", false);
+    get(&mut client, "/");
     let response = read_response(&mut client).expect("the first response");
     assert_ok(&response, pid, false);
 
-    let [total, _, _, new, _] = sigterm(&server, pid);
-    assert_eq!((total, new), (1, 0));
+    let counts = sigterm(&server, pid);
+    assert_eq!((counts.total, counts.new), (1, 0));
     expect_eof(&mut client);
     let waited = sent.elapsed();
     // The grace counts from when the connection went idle, after our send.
@@ -152,16 +167,20 @@ fn idle_keepalive_connection_gets_clean_eof_after_idle_grace() {
 fn new_connection_sending_within_first_byte_grace_is_served() {
     // Long, so the scenario never races it; the drain does not wait it out
     // once the request has come.
-    let server = Server::start(
+    let server = start(
         "first-byte",
         &["--verbose", "--first-byte-grace-ms", "15000"],
     );
-    let pid = server.first_pid;
+    let pid = server.first_pid();
     let mut client = connect_alone(&server, pid);
 
-    let [total, _, _, new, _] = sigterm(&server, pid);
-    assert_eq!((total, new), (1, 1), "a new connection at the drain");
-    send_get(&mut client, "/", false);
+    let counts = sigterm(&server, pid);
+    assert_eq!(
+        (counts.total, counts.new),
+        (1, 1),
+        "a new connection at the drain"
+    );
+    get(&mut client, "/");
     let response = read_response(&mut client)
         .unwrap_or_else(|e| server.fail(&format!("the late first request was lost: {e}")));
     assert_ok(&response, pid, true);
@@ -175,13 +194,17 @@ fn new_connection_sending_within_first_byte_grace_is_served() {
 #[test]
 fn silent_new_connection_closed_after_first_byte_grace() {
     const GRACE: Duration = Duration::from_millis(1000);
-    let server = Server::start("silent", &["--verbose", "--first-byte-grace-ms", "1000"]);
-    let pid = server.first_pid;
+    let server = start("silent", &["--verbose", "--first-byte-grace-ms", "1000"]);
+    let pid = server.first_pid();
     let mut client = connect_alone(&server, pid);
 
     let signalled = Instant::now();
-    let [total, _, _, new, _] = sigterm(&server, pid);
-    assert_eq!((total, new), (1, 1), "a new connection at the drain");
+    let counts = sigterm(&server, pid);
+    assert_eq!(
+        (counts.total, counts.new),
+        (1, 1),
+        "a new connection at the drain"
+    );
     expect_eof(&mut client);
     let waited = signalled.elapsed();
     assert!(

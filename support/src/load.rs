@@ -1,4 +1,5 @@
-//! A load client for the HTTP example server (`common/http_server.rs`).
+//! A load client for the HTTP servers under test: the library's `http`
+//! example (`examples/common/http_server.rs`) and the hyper package's server.
 //!
 //! Built on async-io and futures-lite; its tasks run on one thread of its
 //! own, on a `smol::LocalExecutor`. It only ever connects to loopback
@@ -17,7 +18,7 @@
 //!   a new connection, as HTTP clients do, and counted apart in
 //!   [`Summary::retried_keepalive_race`]. That race (the server closes an
 //!   idle connection just as the client sends on it) cannot be removed by any
-//!   close, however careful; see the design notes.
+//!   close, however careful; see "The keep-alive race" in the README.
 //! - **fresh** clients open a new connection for every request
 //!   (`connection: close`).
 //!
@@ -34,7 +35,6 @@
 //! [`Config::max_requests_per_client`] requests and stops after
 //! [`Config::max_duration`] or when asked; each request (connect included)
 //! times out after [`Config::request_timeout`].
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -194,6 +194,10 @@ pub struct Record {
     pub expected_generation: Option<u32>,
     /// It was retried once after a keep-alive race.
     pub retried: bool,
+    /// A keep-alive client's request that needed new connections other
+    /// than the client's first (its connection was closed under it, or the
+    /// server said `connection: close`): how many it opened.
+    pub reconnects: u32,
 }
 
 impl Record {
@@ -209,6 +213,7 @@ impl Record {
             generation: None,
             expected_generation: None,
             retried: false,
+            reconnects: 0,
         }
     }
 
@@ -535,9 +540,11 @@ async fn keepalive_client(ctx: &Ctx, id: usize) -> Vec<Record> {
         ctx.progress.sent.fetch_add(1, Ordering::SeqCst);
         let expected = conn.as_ref().and_then(|c| c.generation);
         let mut retried = false;
+        let mut connects = 0;
         let attempt = async {
             let reused = conn.is_some();
             if !reused {
+                connects += 1;
                 conn = Some(connect(ctx.config.addr).await?);
             }
             let open = conn.as_mut().expect("connected above");
@@ -553,6 +560,7 @@ async fn keepalive_client(ctx: &Ctx, id: usize) -> Vec<Record> {
                 {
                     retried = true;
                     conn = None;
+                    connects += 1;
                     let fresh = conn.insert(connect(ctx.config.addr).await?);
                     exchange(fresh, &path, false).await
                 }
@@ -564,6 +572,8 @@ async fn keepalive_client(ctx: &Ctx, id: usize) -> Vec<Record> {
         let expected = if retried { None } else { expected };
         let mut record = Record::new(ClientKind::KeepAlive, sleep, start - ctx.started, start);
         record.retried = retried;
+        // The client's very first connection is not a reconnect.
+        record.reconnects = connects - u32::from(i == 0 && connects > 0);
         record.expected_generation = expected;
         record.set_outcome(&outcome, &ctx.order);
         match (&outcome, conn.as_mut()) {
@@ -638,12 +648,16 @@ pub struct Summary {
     /// Requests retried once after the keep-alive race (whatever the
     /// outcome of the retry).
     pub retried_keepalive_race: u64,
-    /// `/sleep` requests sent, and answered with a 200.
+    /// `/sleep` requests sent.
     pub sleep_sent: u64,
     /// `/sleep` requests answered with a 200 by the right generation.
     pub sleep_ok: u64,
     /// Every `x-generation` seen.
     pub generations: BTreeSet<u32>,
+    /// New connections keep-alive clients had to open after their first:
+    /// each one a connection the server closed (at a restart, the drain
+    /// closing an idle connection, or `connection: close`).
+    pub reconnects: u64,
 }
 
 impl Summary {
@@ -667,6 +681,7 @@ impl Summary {
             started,
             elapsed: started.elapsed(),
             sent: records.len() as u64,
+            reconnects: records.iter().map(|r| u64::from(r.reconnects)).sum(),
             records,
             completed,
             failed,
