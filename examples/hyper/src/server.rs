@@ -297,11 +297,16 @@ impl DrainLog {
             "drained {open} connections in {ms} ms ({} left at the deadline)",
             left.total
         );
+        // hyper keeps its own read buffer and connection state, which the
+        // tracker cannot see: this server does not opt in to the live
+        // handoff, and its idle connections are closed at a drain.
         emit(|pid| Event::Drained {
             pid,
             connections: open,
             ms,
             left: left.total,
+            handed_over: 0,
+            fell_back: 0,
         });
     }
 }
