@@ -151,15 +151,17 @@ impl Relay {
     /// The channel to a successor that is ready: connections go there once
     /// this generation drains. Replaces (and closes) an earlier one.
     pub(crate) fn set_outbound(&self, sender: Sender, acks: Acks) {
-        let previous = lock(&self.outbound).replace(Outbound {
+        let mut outbound = lock(&self.outbound);
+        if let Some(previous) = outbound.take() {
+            self.close_outbound(previous);
+        }
+        *outbound = Some(Outbound {
             sender,
             acks,
             in_flight: BTreeMap::new(),
         });
         self.outbound_open.store(true, Ordering::SeqCst);
-        if let Some(previous) = previous {
-            self.close_outbound(previous);
-        }
+        drop(outbound);
         self.wakers.wake_all();
     }
 
@@ -320,9 +322,17 @@ impl Relay {
     }
 
     /// The successor takes nothing more: what it has not taken is ours to
-    /// close.
-    fn close_outbound(&self, out: Outbound) {
+    /// close. Acknowledgements already in the socket are read first, so a
+    /// connection the successor took is never shut down under it.
+    fn close_outbound(&self, mut out: Outbound) {
         self.outbound_open.store(false, Ordering::SeqCst);
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..PER_POLL {
+            match out.acks.poll_next(&mut cx) {
+                Poll::Ready(Ok(AckEvent::Taken(_))) => continue,
+                _ => break,
+            }
+        }
         let taken = out.sender.taken();
         for (_, fd) in out.in_flight.into_iter().filter(|(seq, _)| *seq >= taken) {
             let error = io::Error::new(
@@ -394,14 +404,18 @@ impl Successor for Relay {
 
 impl PhaseHook for Relay {
     fn on_draining(&self) {
-        // A stopping generation's listeners accept no more: what waits in
-        // their inboxes is closed. (Draining for an upgrade, what arrives
-        // from now on is forwarded.)
+        // The listeners accept no more. What waits in their inboxes goes on
+        // to the successor if this generation drains for an upgrade (as
+        // what arrives from now on does), or is closed if it stops.
+        let takes = self.takes();
         let mut inbound = lock(&self.inbound);
-        for (listener, inbox) in inbound.inboxes.drain() {
-            for connection in inbox {
-                let error = io::Error::new(io::ErrorKind::NotConnected, "draining");
-                self.fell_back(&listener, &error);
+        let waiting: Vec<Connection> = inbound.inboxes.drain().flat_map(|(_, c)| c).collect();
+        for connection in waiting {
+            if takes {
+                inbound.forwarding.push_back(connection);
+            } else {
+                let error = io::Error::new(io::ErrorKind::NotConnected, "this generation stops");
+                self.fell_back(&connection.listener, &error);
                 close_gracefully(connection.fd);
             }
         }
