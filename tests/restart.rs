@@ -16,13 +16,12 @@
 //! Run with `cargo test --release --test restart -- --nocapture` to see the
 //! figures; set `SEAMLESS_TEST_LOG=1` to see the servers' own logs too.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use rustix::process::Signal;
 use seamless_test_support::build::example_binary;
-use seamless_test_support::load::{self, probe};
+use seamless_test_support::load::probe;
 use seamless_test_support::procs::{alive, poll, signal, wait_gone};
 use seamless_test_support::scenario::{Progress, RestartUnderLoad};
 use seamless_test_support::server::{Launch, LONG};
@@ -77,96 +76,7 @@ fn hot_restarts_under_load_lose_nothing() {
         eprintln!("failed: {record:?}");
     }
 
-    let log = &report.log_tail;
-    assert!(
-        report.fds_first > 0,
-        "cannot read the first generation's fds"
-    );
-    assert!(
-        report.incidents.is_empty(),
-        "{:#?}\n{log}",
-        report.incidents
-    );
-    assert_eq!(
-        summary.failed_with(load::FailKind::Refused),
-        0,
-        "refused connections\n{log}"
-    );
-    assert_eq!(
-        summary.failed_total(),
-        0,
-        "failed requests: {}\n{log}",
-        summary.failed_by_kind()
-    );
-    assert_eq!(summary.sent, summary.completed);
-    assert!(summary.sleep_sent > 0);
-    assert_eq!(
-        summary.sleep_ok, summary.sleep_sent,
-        "every /sleep gets a 200"
-    );
-    assert!(
-        report.sleep_spanning_sighup > 0,
-        "no /sleep request was in flight across a SIGHUP"
-    );
-    assert_eq!(report.restarts.len(), RESTARTS, "restarts done");
-    let distinct: BTreeSet<u32> = report.generations.iter().copied().collect();
-    assert_eq!(
-        distinct.len(),
-        RESTARTS + 1,
-        "every restart changed the pid: {:?}",
-        report.generations
-    );
-    assert!(
-        summary.generations.len() >= RESTARTS,
-        "the load saw {} generations",
-        summary.generations.len()
-    );
-    assert!(
-        summary.generations.is_subset(&distinct),
-        "answered by unknown generations: {:?}",
-        summary.generations
-    );
-    for restart in &report.restarts {
-        let drained = restart.drained.expect("every old generation drains");
-        assert_eq!(drained.left, 0, "{} cut connections", restart.old);
-    }
-    assert!(
-        report.lingering.is_empty(),
-        "old generations still alive: {:?}",
-        report.lingering
-    );
-    assert_eq!(
-        report.fds_last, report.fds_first,
-        "fds of the last generation vs the first ({} TCP connections open)",
-        report.connections_last
-    );
-    let end = &report.shutdown;
-    assert_eq!(
-        (end.answered, end.idle_closed),
-        (end.in_flight, end.idle),
-        "at the final SIGTERM, requests in flight answered and idle connections \
-         closed cleanly: {:#?}",
-        end.client_errors
-    );
-    assert!(
-        end.exited_after.is_some(),
-        "the last generation did not exit after SIGTERM"
-    );
-    assert_eq!(
-        end.drained.map(|d| d.left),
-        Some(0),
-        "its drain cut nothing"
-    );
-    assert!(
-        report.pipes_closed,
-        "a process still holds the server's stdout/stderr"
-    );
-    assert!(
-        report.processes_left.is_empty(),
-        "processes left behind: {:?}",
-        report.processes_left
-    );
-    assert_eq!(report.problems(), Vec::<String>::new());
+    report.assert_lost_nothing(RESTARTS);
 }
 
 #[test]

@@ -315,6 +315,102 @@ impl Report {
         took
     }
 
+    /// Asserts, one by one with a message naming what went wrong, that a
+    /// run of `restarts` hot restarts lost nothing: no failed, refused or
+    /// cut request, every `/sleep` answered and some in flight across a
+    /// SIGHUP, a new pid at every restart, no generation or process or fd
+    /// left, and a clean final shutdown. What the restart tests assert.
+    ///
+    /// # Panics
+    ///
+    /// At the first thing that was not as it should be.
+    pub fn assert_lost_nothing(&self, restarts: usize) {
+        let summary = &self.load;
+        let log = &self.log_tail;
+        assert!(self.fds_first > 0, "cannot read the first generation's fds");
+        assert!(self.incidents.is_empty(), "{:#?}\n{log}", self.incidents);
+        assert_eq!(
+            summary.failed_with(load::FailKind::Refused),
+            0,
+            "refused connections\n{log}"
+        );
+        assert_eq!(
+            summary.failed_total(),
+            0,
+            "failed requests: {}\n{log}",
+            summary.failed_by_kind()
+        );
+        assert_eq!(summary.sent, summary.completed);
+        assert!(summary.sleep_sent > 0);
+        assert_eq!(
+            summary.sleep_ok, summary.sleep_sent,
+            "every /sleep gets a 200"
+        );
+        assert!(
+            self.sleep_spanning_sighup > 0,
+            "no /sleep request was in flight across a SIGHUP"
+        );
+        assert_eq!(self.restarts.len(), restarts, "restarts done");
+        let distinct: BTreeSet<u32> = self.generations.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            restarts + 1,
+            "every restart changed the pid: {:?}",
+            self.generations
+        );
+        assert!(
+            summary.generations.len() >= restarts,
+            "the load saw {} generations",
+            summary.generations.len()
+        );
+        assert!(
+            summary.generations.is_subset(&distinct),
+            "answered by unknown generations: {:?}",
+            summary.generations
+        );
+        for restart in &self.restarts {
+            let drained = restart.drained.expect("every old generation drains");
+            assert_eq!(drained.left, 0, "{} cut connections", restart.old);
+        }
+        assert!(
+            self.lingering.is_empty(),
+            "old generations still alive: {:?}",
+            self.lingering
+        );
+        assert_eq!(
+            self.fds_last, self.fds_first,
+            "fds of the last generation vs the first ({} TCP connections open)",
+            self.connections_last
+        );
+        let end = &self.shutdown;
+        assert_eq!(
+            (end.answered, end.idle_closed),
+            (end.in_flight, end.idle),
+            "at the final SIGTERM, requests in flight answered and idle connections \
+             closed cleanly: {:#?}",
+            end.client_errors
+        );
+        assert!(
+            end.exited_after.is_some(),
+            "the last generation did not exit after SIGTERM"
+        );
+        assert_eq!(
+            end.drained.map(|d| d.left),
+            Some(0),
+            "its drain cut nothing"
+        );
+        assert!(
+            self.pipes_closed,
+            "a process still holds the server's stdout/stderr"
+        );
+        assert!(
+            self.processes_left.is_empty(),
+            "processes left behind: {:?}",
+            self.processes_left
+        );
+        assert_eq!(self.problems(), Vec::<String>::new());
+    }
+
     /// Everything that was not as it should be: empty when no request
     /// failed, no connection was refused or cut, every restart and the final
     /// shutdown went as they should, and nothing was left behind.
