@@ -329,6 +329,10 @@ impl<S: AsyncRead + AsFd> AsyncRead for Tracked<S> {
                         close.start_goodbye(shared, conn);
                     } else {
                         close.start_linger(shared, conn, this.stream.as_ref().get_ref().as_fd());
+                        // `S` returned `Pending` to this very poll, so it wakes
+                        // us when the peer answers our FIN: no read until then
+                        // (a drain does this for every idle connection at once).
+                        ready!(close.poll_timer(cx));
                     }
                 }
             }
