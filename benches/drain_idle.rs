@@ -1,8 +1,8 @@
-//! How long a drain takes to close 10,000 idle keep-alive connections, and
-//! 1,000 and 5,000 for the growth: from the graceful trigger to the last EOF the
-//! clients see, with an idle grace of zero. Side by side with a bare loop
-//! of `shutdown(SHUT_WR)` over the same kind of connections: what the kernel
-//! and this harness cost on their own.
+//! How long a drain takes to close 10,000 idle keep-alive connections (and
+//! 1,000 and 5,000, for the growth): from the graceful trigger to the last
+//! EOF the clients see, with an idle grace of zero. Side by side with a bare
+//! loop of `shutdown(SHUT_WR)` over the same kind of connections: what the
+//! kernel and this harness cost on their own.
 //!
 //! ```text
 //! cargo bench --bench drain_idle [-- --sleeping-clients]

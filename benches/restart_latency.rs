@@ -8,11 +8,11 @@
 //!
 //! # How it measures
 //!
-//! The server is the `http` example (built here as `tests/restart.rs` does,
-//! `cargo build --example http` with this bench's profile, release
-//! settings), which logs
-//! `[pid] ready in N ms` on stderr right after `Upgrader::ready()` returns:
-//! once it has told its parent (if it has one) and written its pid file.
+//! The server is the `http` example (built here as `tests/restart.rs` does:
+//! `cargo build --example http` with this bench's profile, whose settings
+//! are release's). It logs `[pid] ready in N ms` on stderr right after
+//! `Upgrader::ready()` returns: once it has told its parent (if it has one)
+//! and written its pid file.
 //! Every generation writes to the same stderr pipe; a thread here stamps
 //! each line with `CLOCK_MONOTONIC` as it arrives.
 //!
@@ -54,6 +54,8 @@ fn main() {
         .expect("become a child subreaper");
     let http = http_binary();
     let dir = tempfile::tempdir().expect("tempdir");
+    // Should the bench fail half-way, no generation outlives it.
+    let _leftovers = KillLeftovers;
 
     let mut server = Server::start(&http, &dir.path().join("hot.pid"));
     let mut current = server.first_pid;
@@ -190,6 +192,7 @@ impl Server {
                 let _ = tx.send((line, common::monotonic_ns()));
             }
         });
+        running(child.id());
         Server {
             first_pid: child.id(),
             lines,
@@ -240,6 +243,7 @@ impl Server {
         }
         reap(old);
         let (at, new) = ready.unwrap();
+        running(new);
         (Duration::from_nanos(at - sent), new)
     }
 
@@ -281,8 +285,30 @@ fn signal(pid: u32, signal: Signal) {
         .unwrap_or_else(|e| panic!("signal {pid}: {e}"));
 }
 
+thread_local! {
+    /// Generations started and not yet reaped.
+    static RUNNING: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn running(pid: u32) {
+    RUNNING.with(|running| running.borrow_mut().push(pid));
+}
+
+/// Kills and reaps, when dropped, every generation still running.
+struct KillLeftovers;
+
+impl Drop for KillLeftovers {
+    fn drop(&mut self) {
+        for pid in RUNNING.with(|running| running.take()) {
+            let _ = rustix::process::kill_process(pid_of(pid), Signal::KILL);
+            let _ = rustix::process::waitpid(Some(pid_of(pid)), WaitOptions::empty());
+        }
+    }
+}
+
 /// Reaps `pid`, our child (or orphan, as subreaper), once it has exited.
 fn reap(pid: u32) {
+    RUNNING.with(|running| running.borrow_mut().retain(|&p| p != pid));
     let status = rustix::process::waitpid(Some(pid_of(pid)), WaitOptions::empty())
         .unwrap_or_else(|e| panic!("waitpid {pid}: {e}"));
     assert!(
