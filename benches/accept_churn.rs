@@ -170,7 +170,11 @@ async fn connect(from: Ipv4Addr, addr: SocketAddr) -> io::Result<Async<TcpStream
         SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
         None,
     )?;
-    rustix::net::bind(&socket, &SocketAddrV4::new(from, 0))?;
+    match rustix::net::bind(&socket, &SocketAddrV4::new(from, 0)) {
+        // Beyond Linux, 127.0.0.1 may be the only loopback address.
+        Ok(()) | Err(rustix::io::Errno::ADDRNOTAVAIL) => {}
+        Err(e) => return Err(e.into()),
+    }
     match rustix::net::connect(&socket, &addr) {
         Ok(()) | Err(rustix::io::Errno::INPROGRESS) => {}
         Err(e) => return Err(e.into()),
