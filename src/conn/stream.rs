@@ -83,29 +83,31 @@ pin_project! {
 /// bound after.
 struct Closer {
     phase: Close,
-    timer: Option<Timer>,
-    timer_at: Option<Instant>,
+    /// The timer and when it fires. Boxed: a connection needs one only
+    /// while a drain or a close is under way, and inline it would cost every
+    /// connection 64 bytes more for its whole life.
+    timer: Option<Box<(Timer, Instant)>>,
 }
 
 impl Closer {
     fn set_timer(&mut self, at: Instant) {
-        if self.timer_at != Some(at) {
-            match &mut self.timer {
-                Some(timer) => timer.set_at(at),
-                None => self.timer = Some(Timer::at(at)),
+        match &mut self.timer {
+            Some(timer) if timer.1 == at => {}
+            Some(timer) => {
+                timer.0.set_at(at);
+                timer.1 = at;
             }
-            self.timer_at = Some(at);
+            None => self.timer = Some(Box::new((Timer::at(at), at))),
         }
     }
 
     fn clear_timer(&mut self) {
         self.timer = None;
-        self.timer_at = None;
     }
 
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         match &mut self.timer {
-            Some(timer) => Pin::new(timer).poll(cx).map(drop),
+            Some(timer) => Pin::new(&mut timer.0).poll(cx).map(drop),
             None => Poll::Ready(()),
         }
     }
@@ -213,7 +215,6 @@ impl<S: AsFd> Tracked<S> {
             close: Closer {
                 phase: Close::Open,
                 timer: None,
-                timer_at: None,
             },
             handover: None,
             handover_state: Vec::new(),
@@ -454,6 +455,12 @@ impl<S: AsyncRead + AsFd> AsyncRead for Tracked<S> {
                         continue;
                     }
                     end_by_closing(shared, conn, close, this.stream.as_ref().get_ref().as_fd());
+                    if close.phase == Close::Lingering {
+                        // `S` returned `Pending` to this very poll, so it wakes
+                        // us when the peer answers our FIN: no read until then
+                        // (a drain does this for every idle connection at once).
+                        ready!(close.poll_timer(cx));
+                    }
                 }
             }
         }
