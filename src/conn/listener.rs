@@ -240,7 +240,7 @@ pub struct TrackedListener<L> {
     tracker: Tracker,
     drain: Option<EventListener>,
     /// Set when the listener opted in to the live handoff.
-    handover: Option<Handover>,
+    handover: Option<Arc<Handover>>,
 }
 
 impl<L> fmt::Debug for TrackedListener<L> {
@@ -264,7 +264,7 @@ impl<L: Accept> TrackedListener<L> {
     /// Opts in to the live handoff (see
     /// [`Upgrader::hand_over`](crate::Upgrader::hand_over)).
     pub(crate) fn set_handover(&mut self, handover: Handover) {
-        self.handover = Some(handover);
+        self.handover = Some(Arc::new(handover));
     }
 
     /// The tracker this listener's connections belong to.

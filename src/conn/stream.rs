@@ -71,10 +71,11 @@ pin_project! {
         close: Closer,
         // Set on a connection of a listener that opted in to the live
         // handoff: where it goes when the drain reaches it idle.
-        handover: Option<Handover>,
+        // Shared by the listener's connections: one pointer each.
+        handover: Option<Arc<Handover>>,
         // The protocol's state for the next generation, or what the previous
         // one sent with it. Empty (no allocation) unless used.
-        handover_state: Vec<u8>,
+        handover_state: Box<[u8]>,
     }
 }
 
@@ -217,21 +218,21 @@ impl<S: AsFd> Tracked<S> {
                 timer: None,
             },
             handover: None,
-            handover_state: Vec::new(),
+            handover_state: Box::default(),
         }
     }
 
     /// Links a connection of an opted-in listener to the live handoff, with
     /// the state it arrived with (empty for a fresh one).
-    pub(crate) fn set_handover(&mut self, handover: Handover, state: Vec<u8>) {
+    pub(crate) fn set_handover(&mut self, handover: Arc<Handover>, state: Vec<u8>) {
         self.handover = Some(handover);
-        self.handover_state = state;
+        self.handover_state = state.into_boxed_slice();
     }
 
     /// Whether the drain will move this connection to the next generation
     /// rather than close it.
     fn moves_on(&self) -> bool {
-        moves_on(self.handover.as_ref(), &self.reg.conn)
+        moves_on(self.handover.as_deref(), &self.reg.conn)
     }
 
     /// Whether this connection will be **closed** by the drain: draining has
@@ -274,7 +275,7 @@ impl<S: AsFd> Tracked<S> {
                 ),
             ));
         }
-        self.handover_state = state;
+        self.handover_state = state.into_boxed_slice();
         Ok(())
     }
 
@@ -442,7 +443,7 @@ impl<S: AsyncRead + AsFd> AsyncRead for Tracked<S> {
                         conn.reader.register(cx.waker());
                         return Poll::Pending;
                     }
-                    let moves = moves_on(this.handover.as_ref(), conn);
+                    let moves = moves_on(this.handover.as_deref(), conn);
                     if !drain_ends_it(shared, conn, *this.wrote, moves, this.idle_since, close, cx)
                     {
                         return Poll::Pending;
