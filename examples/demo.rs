@@ -35,6 +35,7 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use seamless_test_support::args::CommandLine;
 use seamless_test_support::load::{millis, p50, p99, FailKind, Record, Summary};
 use seamless_test_support::scenario::{Progress, Report, RestartUnderLoad};
 use seamless_test_support::server::Launch;
@@ -89,7 +90,7 @@ struct Settings {
 }
 
 impl Settings {
-    fn parse(mut args: impl Iterator<Item = String>) -> Result<Settings, String> {
+    fn parse(args: impl Iterator<Item = String>) -> io::Result<Settings> {
         let usage = "usage: demo [--restarts N] [--seconds S] [--clients C] \
                      [--sleep-one-in N] [--idle-grace-ms MS] [--no-handover] [--verbose]";
         let mut settings = Settings {
@@ -101,45 +102,27 @@ impl Settings {
             no_handover: false,
             verbose: false,
         };
-        while let Some(arg) = args.next() {
-            let mut value = |name: &str| {
-                args.next()
-                    .ok_or_else(|| format!("{name} needs a value\n{usage}"))
-            };
-            let bad = |name: &str, v: &str| format!("{name}: bad value {v:?}\n{usage}");
-            match arg.as_str() {
-                "--restarts" => {
-                    let v = value("--restarts")?;
-                    settings.restarts = v.parse().map_err(|_| bad("--restarts", &v))?;
-                }
+        let mut options = CommandLine::new(args, usage);
+        while let Some(name) = options.next_name() {
+            match name.as_str() {
+                "--restarts" => settings.restarts = options.parsed()?,
                 "--seconds" => {
-                    let v = value("--seconds")?;
-                    settings.seconds = v
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|s| *s > 0.0 && *s <= 3600.0)
-                        .ok_or_else(|| bad("--seconds", &v))?;
+                    settings.seconds = options.parsed()?;
+                    if !(settings.seconds > 0.0 && settings.seconds <= 3600.0) {
+                        return Err(options.error("--seconds: between 0 and 3600"));
+                    }
                 }
                 "--clients" => {
-                    let v = value("--clients")?;
-                    settings.clients = v
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|c| (2..=1000).contains(c))
-                        .ok_or_else(|| bad("--clients", &v))?;
+                    settings.clients = options.parsed()?;
+                    if !(2..=1000).contains(&settings.clients) {
+                        return Err(options.error("--clients: between 2 and 1000"));
+                    }
                 }
-                "--sleep-one-in" => {
-                    let v = value("--sleep-one-in")?;
-                    settings.sleep_one_in = v.parse().map_err(|_| bad("--sleep-one-in", &v))?;
-                }
-                "--idle-grace-ms" => {
-                    let v = value("--idle-grace-ms")?;
-                    let ms = v.parse().map_err(|_| bad("--idle-grace-ms", &v))?;
-                    settings.idle_grace_ms = Some(ms);
-                }
-                "--no-handover" => settings.no_handover = true,
-                "--verbose" | "-v" => settings.verbose = true,
-                _ => return Err(format!("unknown argument {arg:?}\n{usage}")),
+                "--sleep-one-in" => settings.sleep_one_in = options.parsed()?,
+                "--idle-grace-ms" => settings.idle_grace_ms = Some(options.parsed()?),
+                "--no-handover" => settings.no_handover = options.flag()?,
+                "--verbose" | "-v" => settings.verbose = options.flag()?,
+                _ => return Err(options.unknown()),
             }
         }
         Ok(settings)

@@ -46,6 +46,7 @@ use seamless::conn::Counts;
 use seamless::handoff::{HandoverStats, Options, Upgrader};
 use seamless::signals::{self, SignalHandler};
 use seamless::{Shutdown, Tracked, Tracker};
+use seamless_test_support::args::CommandLine;
 use seamless_test_support::events::{self, Event};
 
 /// Largest request head accepted; a bigger one gets 431 and a close.
@@ -100,42 +101,22 @@ const USAGE: &str = "usage: http [--listen ADDR] [--pid-file PATH] \
                      [--ready-timeout-ms N] [--drain-timeout-ms N] [--idle-grace-ms N] \
                      [--probation-ms N] [--no-handover] [--events]";
 
-fn bad_usage(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, format!("{message}\n{USAGE}"))
-}
-
 /// Parses the options (without the program name).
 pub fn parse_args(args: impl Iterator<Item = String>) -> io::Result<Args> {
     let mut parsed = Args::default();
-    let mut args = args.peekable();
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => (name.to_owned(), Some(value.into())),
-            _ => (arg, None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| bad_usage(format!("{name} needs a value")))
-        };
-        let millis = |value: String| {
-            value
-                .parse::<u64>()
-                .map(Duration::from_millis)
-                .map_err(|_| bad_usage(format!("{name}: not a number of milliseconds: {value}")))
-        };
+    let mut options = CommandLine::new(args, USAGE);
+    while let Some(name) = options.next_name() {
         match name.as_str() {
-            "--listen" => parsed.listen = value()?,
-            "--pid-file" => parsed.pid_file = Some(value()?.into()),
-            "--ready-timeout-ms" => parsed.ready_timeout = millis(value()?)?,
-            "--drain-timeout-ms" => parsed.drain_timeout = millis(value()?)?,
-            "--idle-grace-ms" => parsed.idle_grace = Some(millis(value()?)?),
-            "--probation-ms" => parsed.probation = Some(millis(value()?)?),
-            "--no-handover" => parsed.no_handover = true,
-            "--events" if inline.is_none() => parsed.events = true,
-            "-h" | "--help" => return Err(bad_usage("help".into())),
-            _ => return Err(bad_usage(format!("unknown argument {name:?}"))),
+            "--listen" => parsed.listen = options.value()?,
+            "--pid-file" => parsed.pid_file = Some(options.value()?.into()),
+            "--ready-timeout-ms" => parsed.ready_timeout = options.millis()?,
+            "--drain-timeout-ms" => parsed.drain_timeout = options.millis()?,
+            "--idle-grace-ms" => parsed.idle_grace = Some(options.millis()?),
+            "--probation-ms" => parsed.probation = Some(options.millis()?),
+            "--no-handover" => parsed.no_handover = options.flag()?,
+            "--events" => parsed.events = options.flag()?,
+            "-h" | "--help" => return Err(options.error("help")),
+            _ => return Err(options.unknown()),
         }
     }
     Ok(parsed)

@@ -3,8 +3,9 @@
 //! dev-dependency.
 //!
 //! - [`events`]: the event lines the example servers write with `--events`,
-//!   and their parser. The one module available without the default
-//!   `harness` feature, for the servers themselves.
+//!   and their parser. With [`args`] (their command-line options), the
+//!   modules available without the default `harness` feature, for the
+//!   servers themselves.
 //! - `server`: a server binary run as a real process, and every
 //!   generation it turns into, seen through its events and its pid file.
 //! - `load`: the HTTP load client (which generation answered, the
@@ -20,6 +21,7 @@
 //! bounded.
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
+pub mod args;
 pub mod events;
 
 #[cfg(feature = "harness")]

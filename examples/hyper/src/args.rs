@@ -1,9 +1,12 @@
-//! Command-line options, parsed as `examples/common/http_server.rs` does:
-//! `--name value` or `--name=value`, durations in milliseconds.
+//! Command-line options, read as the library's examples read theirs
+//! (`seamless_test_support::args`): `--name value` or `--name=value`,
+//! durations in milliseconds.
 
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use seamless_test_support::args::CommandLine;
 
 /// Command-line settings.
 #[derive(Debug, Clone)]
@@ -53,47 +56,27 @@ const USAGE: &str = "usage: seamless-hyper [--listen ADDR] [--pid-file PATH] \
                      [--ready-timeout-ms N] [--drain-timeout-ms N] [--idle-grace-ms N] \
                      [--first-byte-grace-ms N] [--header-read-timeout-ms N] [--verbose] [--events]";
 
-fn bad_usage(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, format!("{message}\n{USAGE}"))
-}
-
 /// Parses the options (without the program name).
 pub fn parse(args: impl Iterator<Item = String>) -> io::Result<Args> {
     let mut parsed = Args::default();
-    let mut args = args.peekable();
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => (name.to_owned(), Some(value.into())),
-            _ => (arg, None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| bad_usage(format!("{name} needs a value")))
-        };
-        let millis = |value: String| {
-            value
-                .parse::<u64>()
-                .map(Duration::from_millis)
-                .map_err(|_| bad_usage(format!("{name}: not a number of milliseconds: {value}")))
-        };
+    let mut options = CommandLine::new(args, USAGE);
+    while let Some(name) = options.next_name() {
         match name.as_str() {
-            "--listen" => parsed.listen = value()?,
-            "--pid-file" => parsed.pid_file = Some(value()?.into()),
-            "--ready-timeout-ms" => parsed.ready_timeout = millis(value()?)?,
-            "--drain-timeout-ms" => parsed.drain_timeout = millis(value()?)?,
-            "--idle-grace-ms" => parsed.idle_grace = Some(millis(value()?)?),
-            "--first-byte-grace-ms" => parsed.first_byte_grace = Some(millis(value()?)?),
-            "--header-read-timeout-ms" => parsed.header_read_timeout = millis(value()?)?,
-            "--verbose" if inline.is_none() => parsed.verbose = true,
-            "--events" if inline.is_none() => parsed.events = true,
-            "-h" | "--help" => return Err(bad_usage("help".into())),
-            _ => return Err(bad_usage(format!("unknown argument {name:?}"))),
+            "--listen" => parsed.listen = options.value()?,
+            "--pid-file" => parsed.pid_file = Some(options.value()?.into()),
+            "--ready-timeout-ms" => parsed.ready_timeout = options.millis()?,
+            "--drain-timeout-ms" => parsed.drain_timeout = options.millis()?,
+            "--idle-grace-ms" => parsed.idle_grace = Some(options.millis()?),
+            "--first-byte-grace-ms" => parsed.first_byte_grace = Some(options.millis()?),
+            "--header-read-timeout-ms" => parsed.header_read_timeout = options.millis()?,
+            "--verbose" => parsed.verbose = options.flag()?,
+            "--events" => parsed.events = options.flag()?,
+            "-h" | "--help" => return Err(options.error("help")),
+            _ => return Err(options.unknown()),
         }
     }
     if parsed.header_read_timeout.is_zero() {
-        return Err(bad_usage("--header-read-timeout-ms must be above 0".into()));
+        return Err(options.error("--header-read-timeout-ms must be above 0"));
     }
     Ok(parsed)
 }
