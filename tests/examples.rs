@@ -1,12 +1,13 @@
-//! The stack examples (`async_std`, `custom_runtime`, `unix`, `udp`) run as
-//! real processes, each hot-restarted once with a SIGHUP:
+//! The stack examples (`async_std`, `custom_runtime`, `unix`, `udp`, `tls`)
+//! run as real processes, each hot-restarted once with a SIGHUP:
 //!
 //! - the new generation serves (new connections, or datagrams, answered by
 //!   its pid), and nothing is refused or lost meanwhile;
 //! - a request in flight (`hold`) is still answered by the old generation,
 //!   after its drain started;
 //! - an idle connection of the old generation is closed cleanly (EOF, no
-//!   reset);
+//!   reset; over TLS, `close_notify` first, which a blocking rustls client
+//!   needs to read `Ok(0)` rather than a truncation error);
 //! - the old generation exits by itself; a SIGTERM then stops the new one,
 //!   and no process is left.
 //!
@@ -22,6 +23,9 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_rustls::pki_types::pem::PemObject;
+use futures_rustls::pki_types::{CertificateDer, ServerName};
+use futures_rustls::rustls::{self, ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use rustix::process::Signal;
 use seamless_test_support::procs::{alive, become_subreaper, pid_of, poll, signal, wait_gone};
 
@@ -306,6 +310,57 @@ fn tcp(addr: &str) -> io::Result<Box<dyn Conn>> {
     Ok(Box::new(stream))
 }
 
+/// A blocking rustls client connection that trusts the test CA.
+struct Tls(StreamOwned<ClientConnection, TcpStream>);
+
+impl Read for Tls {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for Tls {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Drop for Tls {
+    /// A well-behaved client ends its session with `close_notify` too.
+    fn drop(&mut self) {
+        self.0.conn.send_close_notify();
+        let _ = self.0.conn.complete_io(&mut self.0.sock);
+    }
+}
+
+impl Conn for Tls {
+    fn take_error(&self) -> io::Result<Option<io::Error>> {
+        self.0.sock.take_error()
+    }
+}
+
+fn tls(addr: &str) -> io::Result<Box<dyn Conn>> {
+    let mut roots = RootCertStore::empty();
+    let ca =
+        CertificateDer::from_pem_slice(include_bytes!("tls/ca.pem")).map_err(io::Error::other)?;
+    roots.add(ca).map_err(io::Error::other)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
+    let session = ClientConnection::new(Arc::new(config), name).map_err(io::Error::other)?;
+    let stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(LONG))?;
+    Ok(Box::new(Tls(StreamOwned::new(session, stream))))
+}
+
 fn unix(path: &str) -> io::Result<Box<dyn Conn>> {
     let stream = UnixStream::connect(path)?;
     stream.set_read_timeout(Some(LONG))?;
@@ -315,6 +370,13 @@ fn unix(path: &str) -> io::Result<Box<dyn Conn>> {
 #[test]
 fn async_std_example_hot_restarts() {
     hot_restart_stream_example("async_std", |_| "127.0.0.1:0".into(), tcp);
+}
+
+/// TLS, not opted in to the live handoff: the held request is answered,
+/// then it and the idle connection get `close_notify` before the close.
+#[test]
+fn tls_example_hot_restarts() {
+    hot_restart_stream_example("tls", |_| "127.0.0.1:0".into(), tls);
 }
 
 #[test]
