@@ -1,5 +1,6 @@
 //! The coordinator on its own and with a real listener: the drain timeout
-//! set in one place, the pre-drain delay, and the reason for stopping.
+//! set in one place, the pre-drain delay, the reason for stopping, and a
+//! signal mapping of ones own.
 
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -131,4 +132,54 @@ fn immediate_cuts_the_pre_drain_delay() {
         shutdown.draining().await;
         assert_eq!(shutdown.phase(), Phase::Stopped);
     }));
+}
+
+/// A mapping of one's own: SIGUSR1 drains, SIGWINCH stops at once. The
+/// signals are real, sent to this process; the default mapping's signals
+/// are not handled meanwhile (a SIGTERM here would end the test run).
+#[cfg(feature = "signals")]
+#[test]
+fn a_custom_signal_map_acts_on_its_own_signals() {
+    use rustix::process::{getpid, kill_process, Signal as Raw};
+    use seamless::signals::{Action, Event, Signal, SignalHandler};
+
+    future::block_on(async {
+        let shutdown = Shutdown::new();
+        let _guard = shutdown.guard();
+        let mut signals = SignalHandler::with_map(
+            &shutdown,
+            [
+                (Signal::Usr1, Action::Graceful),
+                (Signal::Winch, Action::Immediate),
+            ],
+        )
+        .expect("handlers installed");
+
+        kill_process(getpid(), Raw::USR1).expect("SIGUSR1");
+        let event = within("the SIGUSR1 event", signals.next()).await;
+        assert!(
+            matches!(
+                event,
+                Event::Graceful {
+                    signal: Signal::Usr1
+                }
+            ),
+            "{event:?}"
+        );
+        assert!(shutdown.is_draining());
+        assert_eq!(shutdown.reason(), Some(Reason::Stop));
+
+        kill_process(getpid(), Raw::WINCH).expect("SIGWINCH");
+        let event = within("the SIGWINCH event", signals.next()).await;
+        assert!(
+            matches!(
+                event,
+                Event::Immediate {
+                    signal: Signal::Winch
+                }
+            ),
+            "{event:?}"
+        );
+        assert_eq!(shutdown.phase(), Phase::Stopped);
+    });
 }
