@@ -1,6 +1,6 @@
 //! The coordinator on its own and with a real listener: the drain timeout
 //! set in one place, the pre-drain delay, the reason for stopping, and a
-//! signal mapping of ones own.
+//! signal mapping of one's own.
 
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
