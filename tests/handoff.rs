@@ -151,6 +151,10 @@ fn run_tests(args: &[String]) -> ExitCode {
             "state_and_extra_fds_reach_the_next_generation",
             state_and_extra_fds_reach_the_next_generation,
         ),
+        (
+            "the_next_generation_feeds_the_watchdog",
+            the_next_generation_feeds_the_watchdog,
+        ),
     ];
     // Orphaned generations are re-parented to us, so we can reap them and
     // prove none is left behind.
@@ -532,6 +536,12 @@ impl Server {
         if own_group {
             command.process_group(0);
         }
+        Self::run(command)
+    }
+
+    /// Starts `command`, which must exec this binary with `--serve`, and
+    /// waits until it serves.
+    fn run(mut command: Command) -> Server {
         let mut child = command.spawn().expect("start the server");
         let stdout = child.stdout.take().unwrap();
         let (send, lines) = mpsc::channel();
@@ -1722,5 +1732,59 @@ fn state_and_extra_fds_reach_the_next_generation() {
     wait_gone(server.pid);
     kill(child, Signal::TERM);
     server.expect(&format!("stopped {child}"));
+    wait_gone(child);
+}
+
+/// systemd names the main process in `WATCHDOG_PID`. After a hot restart
+/// the new generation is the main process: its environment names it, and
+/// it feeds the watchdog (the old generation is gone by then).
+fn the_next_generation_feeds_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // `exec` keeps the shell's pid, which systemd would have put there.
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg("WATCHDOG_PID=$$ exec \"$0\" --serve --probation-ms 0")
+        .arg(exe())
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "100000")
+        .stdout(Stdio::piped());
+    let server = Server::run(command);
+    let mut messages = Messages::new(socket);
+    assert_eq!(messages.next(), "READY=1");
+    messages.wait_watchdog();
+
+    server.sighup();
+    let line = server.expect(&format!("event {} generation", server.pid));
+    let child: u32 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    server.expect(&format!("stopped {}", server.pid));
+    wait_gone(server.pid);
+
+    let environ = std::fs::read(format!("/proc/{child}/environ")).unwrap();
+    let own = format!("WATCHDOG_PID={child}");
+    assert!(
+        environ
+            .split(|&b| b == 0)
+            .any(|entry| entry == own.as_bytes()),
+        "{own} in the new generation's environment"
+    );
+    // More pings than the old generation could have left queued when it
+    // exited (it pinged every 50 ms): they come from the new one.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut pings = 0;
+    while pings < 5 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match messages.received.recv_timeout(left) {
+            Ok(message) if message == "WATCHDOG=1" => pings += 1,
+            Ok(_) => {}
+            Err(_) => panic!("{pings} watchdog pings after the old generation exited"),
+        }
+    }
+    kill(child, Signal::TERM);
     wait_gone(child);
 }

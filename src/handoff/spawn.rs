@@ -33,6 +33,8 @@ pub(crate) use crate::sys::spawn::Program;
 /// clone and exec, so tests can hold a child there. It is read at each
 /// upgrade and never passed on to the child.
 pub(crate) const STOP_BEFORE_EXEC_VAR: &str = "SEAMLESS_TEST_STOP_BEFORE_EXEC";
+/// systemd's `WatchdogSec=`: the pid that must send `WATCHDOG=1`.
+const WATCHDOG_PID: &str = "WATCHDOG_PID";
 
 /// How often, at most, to look for the exit of a child we have no pidfd
 /// for.
@@ -55,8 +57,17 @@ pub(crate) fn start(
     let names: Vec<&str> = fds.iter().map(|(name, _)| *name).collect();
     let (listen_fds, listen_fdnames) =
         render_listen_env(&names).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // systemd's watchdog names the main process in `WATCHDOG_PID`; if that
+    // is us, the next generation will be, and feeds it under its own pid.
+    let own_pid = std::process::id().to_string();
+    let watchdog_ours = std::env::var_os(WATCHDOG_PID).is_some_and(|pid| pid == *own_pid);
+    let mut pid_vars = vec!["LISTEN_PID"];
+    if watchdog_ours {
+        pid_vars.push(WATCHDOG_PID);
+    }
     let mut env: Vec<Vec<u8>> = std::env::vars_os()
         .filter(|(key, _)| !ACTIVATION_VARS.iter().any(|var| key == OsStr::new(var)))
+        .filter(|(key, _)| !pid_vars.iter().any(|var| key == OsStr::new(var)))
         .filter(|(key, _)| key != STOP_BEFORE_EXEC_VAR)
         .map(|(key, value)| [key.as_bytes(), b"=", value.as_bytes()].concat())
         .collect();
@@ -64,7 +75,7 @@ pub(crate) fn start(
     env.push(format!("LISTEN_FDNAMES={listen_fdnames}").into_bytes());
     let stop_before_exec = std::env::var_os(STOP_BEFORE_EXEC_VAR).is_some_and(|v| v == "1");
     let fds: Vec<BorrowedFd<'_>> = fds.iter().map(|(_, fd)| *fd).collect();
-    let image = Image::new(program, args, env, &fds, stop_before_exec)?;
+    let image = Image::new(program, args, env, &pid_vars, &fds, stop_before_exec)?;
     Ok(NextChild {
         program: describe(program),
         spawn: spawn::spawn(image)?,

@@ -76,7 +76,6 @@ use crate::shutdown::lock;
 
 /// The first fd number given to a passed fd; 0, 1 and 2 are stdio.
 const FIRST_PASSED_FD: RawFd = 3;
-const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
 /// Room for any `u32` pid.
 const PID_DIGITS: usize = 10;
 /// The spawning thread's stack. It runs little (and, on other unixes, the
@@ -106,12 +105,13 @@ pub(crate) struct Image {
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
     _env: Vec<CString>,
-    /// `LISTEN_PID=` and room for the digits, NUL-terminated. Never resized,
-    /// so pointers into it stay valid.
-    _pid_slot: Vec<u8>,
+    /// `NAME=` and room for the digits, NUL-terminated, for each variable
+    /// that names the child's own pid. Never resized, so pointers into them
+    /// stay valid.
+    _pid_slots: Vec<Vec<u8>>,
     envp_ptrs: Vec<*const c_char>,
-    /// Points at the first digit in `_pid_slot`.
-    pid_digits: *mut u8,
+    /// Points at the first digit in each of `_pid_slots`.
+    pid_digits: Vec<*mut u8>,
     /// Copies of the passed fds, numbered above their targets (3, 4, ...),
     /// so placing one never clobbers another.
     fds: Vec<OwnedFd>,
@@ -127,8 +127,8 @@ unsafe impl Send for Image {}
 
 impl Image {
     /// Prepares `program` with `argv` (`argv[0]` included), the environment
-    /// entries `env` (`KEY=VALUE`; a `LISTEN_PID` entry for the child's own
-    /// pid is added) and `fds`, to be placed at 3, 4, ... in order.
+    /// entries `env` (`KEY=VALUE`), one entry `NAME=<the child's pid>` for
+    /// each of `pid_vars`, and `fds`, to be placed at 3, 4, ... in order.
     ///
     /// `stop_before_exec` is a test hook: the child stops itself (SIGSTOP)
     /// right after it starts, before anything else.
@@ -140,6 +140,7 @@ impl Image {
         program: Program<'_>,
         argv: &[OsString],
         env: Vec<Vec<u8>>,
+        pid_vars: &[&str],
         fds: &[BorrowedFd<'_>],
         stop_before_exec: bool,
     ) -> io::Result<Image> {
@@ -170,26 +171,37 @@ impl Image {
             .map(|entry| cstring(entry))
             .collect::<io::Result<Vec<_>>>()?;
         // "LISTEN_PID=0000000000\0": the child overwrites the digits.
-        let mut pid_slot = LISTEN_PID_PREFIX.to_vec();
-        pid_slot.resize(LISTEN_PID_PREFIX.len() + PID_DIGITS + 1, 0);
-        pid_slot[LISTEN_PID_PREFIX.len()..][..PID_DIGITS].fill(b'0');
-        let slot_start = pid_slot.as_mut_ptr();
-        // SAFETY: the prefix is shorter than the slot.
-        let pid_digits = unsafe { slot_start.add(LISTEN_PID_PREFIX.len()) };
+        let mut pid_slots: Vec<Vec<u8>> = pid_vars
+            .iter()
+            .map(|name| {
+                let mut slot = [name.as_bytes(), b"="].concat();
+                slot.resize(name.len() + 1 + PID_DIGITS + 1, b'0');
+                slot[name.len() + 1 + PID_DIGITS] = 0;
+                slot
+            })
+            .collect();
+        let pid_digits = pid_slots
+            .iter_mut()
+            .zip(pid_vars)
+            // SAFETY: `NAME=` is shorter than its slot.
+            .map(|(slot, name)| unsafe { slot.as_mut_ptr().add(name.len() + 1) })
+            .collect();
         let pointers = |strings: &[CString]| {
             let mut ptrs: Vec<_> = strings.iter().map(|s| s.as_ptr()).collect();
             ptrs.push(std::ptr::null());
             ptrs
         };
         let mut envp_ptrs = pointers(&env);
-        envp_ptrs.insert(env.len(), slot_start as *const c_char);
+        envp_ptrs.pop();
+        envp_ptrs.extend(pid_slots.iter().map(|slot| slot.as_ptr() as *const c_char));
+        envp_ptrs.push(std::ptr::null());
         Ok(Image {
             program,
             argv_ptrs: pointers(&argv),
             _argv: argv,
             envp_ptrs,
             _env: env,
-            _pid_slot: pid_slot,
+            _pid_slots: pid_slots,
             pid_digits,
             fds,
             startup_mask: SigSet::startup(),
@@ -235,7 +247,7 @@ impl Image {
         }
     }
 
-    /// Writes `pid` in decimal into the `LISTEN_PID` slot, NUL-terminated.
+    /// Writes `pid` in decimal into each pid slot, NUL-terminated.
     fn write_pid(&self, pid: u32) {
         let mut digits = [0u8; PID_DIGITS];
         let mut n = pid;
@@ -249,12 +261,15 @@ impl Image {
             }
         }
         let len = PID_DIGITS - start;
-        // SAFETY: the slot has PID_DIGITS digit bytes and a NUL after them;
-        // we write at most PID_DIGITS bytes plus one NUL inside that range.
-        // Only the child writes it, while nothing else reads it.
-        unsafe {
-            std::ptr::copy_nonoverlapping(digits[start..].as_ptr(), self.pid_digits, len);
-            *self.pid_digits.add(len) = 0;
+        for &slot in &self.pid_digits {
+            // SAFETY: each slot has PID_DIGITS digit bytes and a NUL after
+            // them; we write at most PID_DIGITS bytes plus one NUL inside
+            // that range. Only the child writes it, while nothing else reads
+            // it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(digits[start..].as_ptr(), slot, len);
+                *slot.add(len) = 0;
+            }
         }
     }
 }
@@ -594,8 +609,15 @@ mod fork {
 
         fn run(argv: &[&str], program: &str) -> (Exec, Option<std::process::ExitStatus>) {
             let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
-            let image =
-                Image::new(Program::Path(Path::new(program)), &argv, vec![], &[], false).unwrap();
+            let image = Image::new(
+                Program::Path(Path::new(program)),
+                &argv,
+                vec![],
+                &[],
+                &[],
+                false,
+            )
+            .unwrap();
             let shared = Shared::default();
             let outcome = start_child(&shared, &image);
             let status = shared.pid().map(|pid| process::wait_blocking(pid).unwrap());
@@ -628,19 +650,37 @@ mod tests {
         let image = Image::new(
             Program::Path(Path::new("/bin/true")),
             &[],
-            vec![],
+            vec![b"A=b".to_vec()],
+            &["LISTEN_PID", "WATCHDOG_PID"],
             &[],
             false,
         )
         .unwrap();
-        let slot = |image: &Image| {
-            let bytes = &image._pid_slot;
-            let end = bytes.iter().position(|&b| b == 0).unwrap();
-            String::from_utf8(bytes[..end].to_vec()).unwrap()
+        // What the child's exec gets: every entry, up to the null pointer.
+        let environment = |image: &Image| -> Vec<String> {
+            image
+                .envp_ptrs
+                .iter()
+                .take_while(|ptr| !ptr.is_null())
+                // SAFETY: each pointer is to a NUL-terminated string owned
+                // by `image`.
+                .map(|&ptr| {
+                    unsafe { std::ffi::CStr::from_ptr(ptr) }
+                        .to_string_lossy()
+                        .into()
+                })
+                .collect()
         };
         for pid in [1, 42, 4_194_304, u32::MAX] {
             image.write_pid(pid);
-            assert_eq!(slot(&image), format!("LISTEN_PID={pid}"));
+            assert_eq!(
+                environment(&image),
+                [
+                    "A=b".into(),
+                    format!("LISTEN_PID={pid}"),
+                    format!("WATCHDOG_PID={pid}")
+                ]
+            );
         }
     }
 
@@ -651,6 +691,7 @@ mod tests {
             Program::Open(read.as_fd()),
             &[],
             vec![],
+            &[],
             &[read.as_fd(), write.as_fd()],
             false,
         )
