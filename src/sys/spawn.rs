@@ -662,12 +662,11 @@ mod tests {
                 .envp_ptrs
                 .iter()
                 .take_while(|ptr| !ptr.is_null())
-                // SAFETY: each pointer is to a NUL-terminated string owned
-                // by `image`.
                 .map(|&ptr| {
-                    unsafe { std::ffi::CStr::from_ptr(ptr) }
-                        .to_string_lossy()
-                        .into()
+                    // SAFETY: each pointer is to a NUL-terminated string
+                    // owned by `image`.
+                    let entry = unsafe { std::ffi::CStr::from_ptr(ptr) };
+                    entry.to_string_lossy().into()
                 })
                 .collect()
         };
