@@ -155,6 +155,10 @@ fn run_tests(args: &[String]) -> ExitCode {
             "the_next_generation_feeds_the_watchdog",
             the_next_generation_feeds_the_watchdog,
         ),
+        (
+            "a_bad_inherited_fd_leaks_nothing",
+            a_bad_inherited_fd_leaks_nothing,
+        ),
     ];
     // Orphaned generations are re-parented to us, so we can reap them and
     // prove none is left behind.
@@ -1103,7 +1107,25 @@ fn activated(fds_at_start: &[i32]) -> ExitCode {
     let upgrader = match Upgrader::new(&shutdown, Options::default()) {
         Ok(upgrader) => upgrader,
         Err(e) => {
+            // What an application that carries on without the upgrader
+            // would have: its open fds, and whether SIGTERM reaches it.
+            let fds: Vec<String> = open_fds().iter().map(i32::to_string).collect();
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let has_term = |field: &str| {
+                let mask = status
+                    .lines()
+                    .find_map(|line| line.strip_prefix(field))
+                    .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+                    .unwrap();
+                mask & (1 << (libc::SIGTERM - 1)) != 0
+            };
             println!("error: {e}");
+            println!(
+                "after the error: fds {} sigterm_blocked {} sigterm_caught {}",
+                fds.join(","),
+                has_term("SigBlk:"),
+                has_term("SigCgt:")
+            );
             return ExitCode::from(2);
         }
     };
@@ -1787,4 +1809,65 @@ fn the_next_generation_feeds_the_watchdog() {
     }
     kill(child, Signal::TERM);
     wait_gone(child);
+}
+
+/// A bad inherited fd is an error naming it; the fds listed after it are
+/// closed, not left open for later children, and the start-up signals a
+/// seamless parent blocked do not stay blocked: an application that
+/// carries on without the upgrader still stops on SIGTERM.
+fn a_bad_inherited_fd_leaks_nothing() {
+    let not_a_socket = std::fs::File::open("/dev/null").unwrap();
+    let (_read, write) = rustix::pipe::pipe().unwrap();
+    let (first, second) = (not_a_socket.as_raw_fd(), write.as_raw_fd());
+    let mut command = Command::new("/bin/sh");
+    command
+        .args([
+            "-c",
+            "LISTEN_PID=$$ exec \"$0\" --activated",
+            exe().to_str().unwrap(),
+        ])
+        .env("LISTEN_FDS", "2")
+        .env("LISTEN_FDNAMES", "web:seamless-ready")
+        .stdout(Stdio::piped());
+    // SAFETY: fcntl, dup2, sigemptyset, sigaddset and pthread_sigmask are
+    // async-signal-safe and allocate nothing.
+    unsafe {
+        command.pre_exec(move || {
+            // Out of the way first, so that placing one cannot clobber the
+            // other; then at 3 and 4, as a parent passes them, with
+            // SIGTERM blocked, as a seamless parent starts its child.
+            let high = [first, second].map(|fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10));
+            for (target, fd) in [(3, high[0]), (4, high[1])] {
+                if fd < 0 || libc::dup2(fd, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let out = command.output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("inherited fd 3 (named \"web\") is not a socket"),
+        "{out}"
+    );
+    let after = out
+        .lines()
+        .find_map(|line| line.strip_prefix("after the error: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let fds: Vec<&str> = after
+        .strip_prefix("fds ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap()
+        .split(',')
+        .collect();
+    assert!(!fds.contains(&"3") && !fds.contains(&"4"), "{out}");
+    assert!(
+        after.ends_with("sigterm_blocked false sigterm_caught false"),
+        "SIGTERM has its default action: {out}"
+    );
 }

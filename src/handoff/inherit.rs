@@ -123,14 +123,52 @@ pub(crate) fn take() -> Result<Inherited, InheritError> {
         }
     };
 
-    let mut inherited = Inherited::default();
+    // Every listed fd is ours from here, whatever is wrong with the others:
+    // on an error they are closed, never left open (and inheritable) for a
+    // process that carries on without them.
+    let mut taken = Vec::with_capacity(listed.len());
+    let mut missing = None;
     for ListenFd { fd, name } in listed {
+        match passed.take(fd) {
+            Some(owned) => taken.push((fd, name, owned)),
+            None => {
+                missing.get_or_insert(InheritError::BadFd {
+                    fd,
+                    name,
+                    problem: "is not open",
+                });
+            }
+        }
+    }
+    let from_a_parent = taken.iter().any(|(_, name, _)| name == READY_PIPE_NAME);
+    if from_a_parent {
+        // Started by a previous generation, with the start-up signals
+        // blocked: record them instead, so that threads started from now
+        // on do not inherit a blocked mask.
+        sys::signal::defer_startup_signals().map_err(InheritError::Io)?;
+    }
+    let checked = match missing {
+        Some(error) => Err(error),
+        None => check(taken),
+    };
+    if checked.is_err() && from_a_parent {
+        // No generation comes of this: the start-up signals take their
+        // usual course again, for a process that carries on without us.
+        sys::signal::release_startup_signals(sys::signal::STARTUP_SIGNALS);
+    }
+    checked
+}
+
+/// Sorts the taken fds into sockets, the readiness pipe and the handoff
+/// channel, checking each; marks each close-on-exec again.
+fn check(taken: Vec<(RawFd, String, OwnedFd)>) -> Result<Inherited, InheritError> {
+    let mut inherited = Inherited::default();
+    for (fd, name, owned) in taken {
         let bad = |problem: &'static str| InheritError::BadFd {
             fd,
             name: name.clone(),
             problem,
         };
-        let owned = passed.take(fd).ok_or_else(|| bad("is not open"))?;
         sys::set_cloexec(owned.as_fd(), true).map_err(InheritError::Io)?;
         if name == READY_PIPE_NAME {
             if !sys::is_fifo(&owned) {

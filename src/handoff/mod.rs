@@ -282,12 +282,6 @@ impl Upgrader {
             ready_pipe,
             channel,
         } = inherit::take()?;
-        if ready_pipe.is_some() {
-            // Started by a previous generation, with the start-up signals
-            // blocked: record them instead, so that threads started from
-            // now on do not inherit a blocked mask.
-            sys::signal::defer_startup_signals().map_err(InheritError::Io)?;
-        }
         let program = match &options.program {
             Some(program) => program.clone(),
             None => std::env::current_exe().map_err(InheritError::Io)?,
