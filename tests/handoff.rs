@@ -159,6 +159,10 @@ fn run_tests(args: &[String]) -> ExitCode {
             "a_bad_inherited_fd_leaks_nothing",
             a_bad_inherited_fd_leaks_nothing,
         ),
+        (
+            "a_stop_in_probation_ends_only_the_old_generation",
+            a_stop_in_probation_ends_only_the_old_generation,
+        ),
     ];
     // Orphaned generations are re-parented to us, so we can reap them and
     // prove none is left behind.
@@ -1870,4 +1874,21 @@ fn a_bad_inherited_fd_leaks_nothing() {
         after.ends_with("sigterm_blocked false sigterm_caught false"),
         "SIGTERM has its default action: {out}"
     );
+}
+
+/// Once the new generation serves, a stop of the old one (here SIGQUIT
+/// while the new one is in its probation) ends the old one only: the new
+/// one serves on, and nothing is left of the old one.
+fn a_stop_in_probation_ends_only_the_old_generation() {
+    let server = Server::start(&["--probation-ms", "60000"], &[]);
+    server.sighup();
+    let line = server.expect(&format!("event {} generation", server.pid));
+    let child: u32 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    kill(server.pid, Signal::QUIT);
+    server.expect(&format!("stopped {}", server.pid));
+    wait_gone(server.pid);
+    assert_eq!(ask_pid(server.addr), child, "the new generation serves");
+    assert!(procs::alive(child));
+    kill(child, Signal::TERM);
+    wait_gone(child);
 }

@@ -506,6 +506,9 @@ impl Upgrader {
     /// for meanwhile (a signal, [`Shutdown::graceful`],
     /// [`Shutdown::immediate`]) aborts the upgrade: the child is killed, or
     /// told to stop too if it was ready already ([`UpgradeError::Aborted`]).
+    /// Once the child has taken over (this process drains, the child is in
+    /// its probation), a stop ends this process only: the child serves on,
+    /// without a replacement should it die.
     /// Under systemd it sends `RELOADING=1` first, then `MAINPID=` and
     /// `READY=1` for whichever process serves afterwards.
     ///
@@ -574,6 +577,9 @@ impl Upgrader {
             inner.relay.set_outbound(sender, acks);
         }
         inner.shutdown.hand_over();
+        // The child is the service from here: if this process stops before
+        // probation is over, the child serves on.
+        child.serves();
         *lock(&inner.ready_child) = Some(pid);
         inner.ready_child_set.notify(usize::MAX);
 

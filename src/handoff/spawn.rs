@@ -80,6 +80,7 @@ pub(crate) fn start(
         program: describe(program),
         spawn: spawn::spawn(image)?,
         state: State::Starting,
+        kill_on_drop: true,
     })
 }
 
@@ -95,6 +96,9 @@ pub(crate) struct NextChild {
     program: String,
     spawn: Spawn,
     state: State,
+    /// Killed and reaped when dropped: until it serves (see
+    /// [`serves`](NextChild::serves)).
+    kill_on_drop: bool,
 }
 
 enum State {
@@ -261,6 +265,13 @@ impl NextChild {
         self.state = State::Gone;
     }
 
+    /// The child serves now, while its parent still watches it: dropping
+    /// this handle (the parent stops, or gives up watching) must leave it
+    /// alone.
+    pub(crate) fn serves(&mut self) {
+        self.kill_on_drop = false;
+    }
+
     fn kill(&self) {
         match &self.state {
             State::Starting => self.spawn.cancel(),
@@ -272,8 +283,11 @@ impl NextChild {
 
 impl Drop for NextChild {
     /// A child that did not become the next generation is never left
-    /// running, nor as a zombie.
+    /// running, nor as a zombie; one that serves is left alone.
     fn drop(&mut self) {
+        if !self.kill_on_drop {
+            return;
+        }
         match std::mem::replace(&mut self.state, State::Gone) {
             State::Starting => {
                 if let Some(pid) = self.spawn.abandon() {
