@@ -197,12 +197,30 @@ fn run_tests(args: &[String]) -> ExitCode {
 
 // ---------------------------------------------------------------- the tests
 
+/// Also tells systemd who serves after the rollback: this process, as the
+/// main pid too (a failed child may have claimed it).
 fn rollback_child_exits_before_ready() {
-    let server = Server::start(&["--next", "exit"], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let server = Server::start(
+        &["--next", "exit"],
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+    );
+    let mut messages = Messages::new(socket);
+    assert_eq!(messages.next(), "READY=1");
     server.sighup();
     let line = server.expect(&format!("event {} upgrade failed", server.pid));
     assert!(line.contains("exited before it was ready"), "{line}");
     assert!(line.contains("exit status: 3"), "{line}");
+    assert!(messages.next().starts_with("RELOADING=1\n"));
+    assert_eq!(
+        messages.next_not_status(),
+        format!("MAINPID={}\nREADY=1", server.pid)
+    );
     server.assert_still_serving_alone();
     server.stop();
 }

@@ -665,7 +665,8 @@ impl Upgrader {
     fn rolled_back(&self, error: UpgradeError, started: std::time::Instant) -> UpgradeError {
         tracing::warn!(%error, elapsed = ?started.elapsed(), "upgrade failed; still serving");
         if self.inner.shutdown.reason().is_none() {
-            let _ = sd::ready();
+            // MAINPID too: a child that failed may have claimed it.
+            let _ = sd::main_pid_ready(std::process::id());
             // The child may have written the pid file before failing.
             if let Some(path) = &self.inner.options.pid_file {
                 let _ = write_pid_file(path, std::process::id());

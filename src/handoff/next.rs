@@ -132,13 +132,20 @@ pub(crate) async fn start_ready(
     let expired = Timer::after(ready_timeout);
     let (pipe_read, pipe_write) = sys::pipe_cloexec()
         .map_err(|e| UpgradeError::Spawn(spawn::context("creating the readiness pipe", e)))?;
-    let mut child = spawn(pipe_write.as_fd()).map_err(UpgradeError::Spawn)?;
+    let pipe_read = Async::new(pipe_read).map_err(UpgradeError::Io)?;
+    let child = spawn(pipe_write.as_fd()).map_err(UpgradeError::Spawn)?;
     // Only the child may hold the write end, so its exit reads as EOF.
     drop(pipe_write);
+    // The child goes before the pipe, however this ends (the future dropped
+    // included): a child still alive would take the closed pipe for a dead
+    // parent, and carry on as the only generation.
+    let mut starting = Starting { child, pipe_read };
     let waited = future::or(
         async {
-            let pid = child.exec().await.map_err(UpgradeError::Spawn)?;
-            wait_ready(pipe_read, &mut child).await.map(|()| pid)
+            let pid = starting.child.exec().await.map_err(UpgradeError::Spawn)?;
+            wait_ready(&starting.pipe_read, &mut starting.child)
+                .await
+                .map(|()| pid)
         },
         async {
             expired.await;
@@ -146,10 +153,15 @@ pub(crate) async fn start_ready(
         },
     )
     .await;
+    let Starting {
+        mut child,
+        pipe_read,
+    } = starting;
     match waited {
         Ok(pid) => Ok((pid, child)),
         Err(error) => {
             let status = child.kill_and_reap().await;
+            drop(pipe_read);
             Err(match (error, status) {
                 (UpgradeError::Protocol(ReadyError::ClosedEarly { .. }), Ok(status)) => {
                     UpgradeError::Exited(status)
@@ -160,11 +172,17 @@ pub(crate) async fn start_ready(
     }
 }
 
+/// A child that is starting, and the pipe it says "ready" on: fields drop
+/// in order, the child (killed and reaped) first.
+struct Starting {
+    child: NextChild,
+    pipe_read: Async<OwnedFd>,
+}
+
 /// Reads the readiness pipe until the child says `ready`, closes it early,
 /// or writes something else; or until the child exits (even if something
 /// it started still holds the pipe open).
-async fn wait_ready(pipe: OwnedFd, child: &mut NextChild) -> Result<(), UpgradeError> {
-    let pipe = Async::new(pipe).map_err(UpgradeError::Io)?;
+async fn wait_ready(pipe: &Async<OwnedFd>, child: &mut NextChild) -> Result<(), UpgradeError> {
     let read = async {
         let mut reader = ReadyReader::new();
         let mut buf = [0u8; 64];
