@@ -288,14 +288,16 @@ impl Shutdown {
     }
 
     /// Starts draining for a successor that is ready and serving: no
-    /// pre-drain delay, the coordinator's drain timeout.
+    /// pre-drain delay, the coordinator's drain timeout. `None`, and nothing
+    /// done, if a stop was asked for first: checked and decided under one
+    /// lock, so that a stop and a handover never both win.
     pub(crate) fn hand_over(&self) -> Option<Instant> {
         {
             let mut state = lock(&self.inner.state);
-            if self.is_stopped() {
+            if self.is_stopped() || state.reason == Some(Reason::Stop) {
                 return None;
             }
-            state.reason.get_or_insert(Reason::Upgrade);
+            state.reason = Some(Reason::Upgrade);
         }
         Some(self.drain_until(Instant::now() + self.inner.drain_timeout))
     }
@@ -544,4 +546,29 @@ async fn future_or_timer(listener: EventListener, at: Instant) {
 /// even if a holder panicked.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stop asked for first wins over a handover that comes after it,
+    /// whether the drain has started or waits out a pre-drain delay.
+    #[test]
+    fn a_stop_asked_for_first_wins_over_a_handover() {
+        let delayed = Shutdown::builder()
+            .pre_drain_delay(Duration::from_secs(60))
+            .build();
+        for shutdown in [Shutdown::new(), delayed] {
+            let _guard = shutdown.guard();
+            shutdown.graceful(Duration::from_secs(60));
+            assert_eq!(shutdown.hand_over(), None);
+            assert_eq!(shutdown.reason(), Some(Reason::Stop));
+        }
+        let shutdown = Shutdown::new();
+        let _guard = shutdown.guard();
+        assert!(shutdown.hand_over().is_some());
+        assert_eq!(shutdown.reason(), Some(Reason::Upgrade));
+        assert!(shutdown.is_draining());
+    }
 }

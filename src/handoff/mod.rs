@@ -548,7 +548,10 @@ impl Upgrader {
             Some(Err(error)) => return Err(self.rolled_back(error, started)),
             None => return Err(self.rolled_back(UpgradeError::Aborted, started)),
         };
-        if inner.shutdown.reason() == Some(crate::Reason::Stop) {
+        if let Some((sender, acks)) = outbound {
+            inner.relay.set_outbound(sender, acks);
+        }
+        if inner.shutdown.hand_over().is_none() {
             // Ready just as the service was told to stop: it stops too.
             let signal = match inner.shutdown.is_stopped() {
                 true => rustix::process::Signal::QUIT,
@@ -573,10 +576,6 @@ impl Upgrader {
         }
         tracing::info!(pid, elapsed = ?started.elapsed(), "upgrade: the next generation is ready; draining");
         let _ = sd::main_pid_ready(pid);
-        if let Some((sender, acks)) = outbound {
-            inner.relay.set_outbound(sender, acks);
-        }
-        inner.shutdown.hand_over();
         // The child is the service from here: if this process stops before
         // probation is over, the child serves on.
         child.serves();
