@@ -1,7 +1,8 @@
 //! Hot restarts under load, then a graceful shutdown, measured.
 //!
 //! ```text
-//! cargo run --release --example demo [-- --restarts N --seconds S --clients C --verbose]
+//! cargo run --release --example demo [-- --restarts N --seconds S --clients C
+//!     --sleep-one-in N --idle-grace-ms MS --no-handover --verbose]
 //! ```
 //!
 //! Runs the HTTP server of `examples/common/http_server.rs` as a child

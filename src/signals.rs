@@ -9,7 +9,9 @@
 //! Built on `async-signal`. Nothing is spawned: drive
 //! [`SignalHandler::next`] in a loop from a task of your own, and log the
 //! [`Event`]s it returns. While an upgrade runs, other signals are still
-//! handled (a SIGTERM during an upgrade starts the drain at once).
+//! handled: a SIGTERM during an upgrade starts the drain at once and aborts
+//! the upgrade (the child is killed, or stopped too if it was ready:
+//! [`Event::UpgradeFailed`] with [`UpgradeError::Aborted`]).
 //!
 //! A signal arriving while a new generation starts up, before its handlers
 //! are installed, cannot kill it: it is held back (blocked until

@@ -1,10 +1,12 @@
-//! `sd_notify`: telling systemd that the service is ready, reloading or
-//! stopping.
+//! `sd_notify` for what only the application knows: status lines
+//! ([`notify`], [`status`]), a drain's progress ([`DrainStatus`]) and the
+//! watchdog ([`feed_watchdog`]). The library itself tells systemd when the
+//! service is ready, reloading, handed over (`MAINPID=`) or stopping.
 //!
-//! Every function sends one datagram to the socket named by `NOTIFY_SOCKET`,
-//! and does nothing (returning `Ok(false)`) when that variable is unset or
-//! empty, that is when the service was not started by systemd with
-//! `Type=notify`. The variable is read on every call, never cached.
+//! Each message is one datagram to the socket named by `NOTIFY_SOCKET`,
+//! sent without blocking; nothing is sent (`Ok(false)`) when that variable
+//! is unset or empty, that is when the service was not started by systemd
+//! with `Type=notify`. The variable is read on every call, never cached.
 //!
 //! # Unit file
 //!

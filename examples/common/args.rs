@@ -1,5 +1,6 @@
 //! The command line of the small stack examples (`async_std`,
-//! `custom_runtime`, `udp`, `unix`): `--listen ADDR_OR_PATH [--pid-file PATH]`.
+//! `custom_runtime`, `udp`, `unix`, `tls`): `--listen ADDR_OR_PATH
+//! [--pid-file PATH]`.
 
 use std::path::PathBuf;
 use std::time::Duration;

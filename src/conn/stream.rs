@@ -55,6 +55,11 @@ pin_project! {
     ///
     /// Made by [`TrackedListener::accept`](super::TrackedListener::accept) or
     /// [`Tracker::track`](super::Tracker::track).
+    ///
+    /// While alive it holds a [guard](crate::Shutdown::guard):
+    /// [`stopped`](crate::Shutdown::stopped) waits until every tracked
+    /// stream is dropped, or the deadline. A stream parked unpolled in the
+    /// application's own list holds off the stop until then.
     pub struct Tracked<S> {
         // Declared first so it is dropped first: it discards what is queued
         // (while draining) before `stream` closes the socket.

@@ -19,7 +19,8 @@ pub(crate) const READY_PIPE_NAME: &str = "seamless-ready";
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum InheritError {
-    /// The socket-activation variables are malformed or not for us.
+    /// The socket-activation variables are malformed. (Variables meant for
+    /// another process are ignored, not an error.)
     Env(EnvError),
     /// A passed fd is not what the protocol says.
     BadFd {

@@ -6,30 +6,37 @@
 //! At any moment there are one or more generations alive, and **at most one
 //! of them is not ready**. Every alive generation holds the listening
 //! sockets (they are the same sockets, shared), but only the newest ready one
-//! accepts: an older one closes its copies as soon as its successor says it
-//! is ready, then drains within its own deadline. A successor that crashes,
-//! writes garbage or never becomes ready is killed, and the old generation
-//! goes on serving as if nothing happened.
+//! accepts: an older one stops accepting as soon as its successor says it
+//! is ready, keeps its copies (not accepting) for the successor's probation,
+//! and drains within its own deadline. A successor that crashes, writes
+//! garbage or never becomes ready is killed, and the old generation goes on
+//! serving as if nothing happened.
 //!
 //! # How it works
 //!
-//! 1. [`Upgrader::upgrade`] refuses if an upgrade is already running or this
-//!    process is not ready itself.
+//! 1. [`Upgrader::upgrade`] refuses if an upgrade is already running, this
+//!    process is not ready itself, or a stop was asked for.
 //! 2. It starts the program this process was started from (resolved at
 //!    start-up, so a replaced binary is picked up) with the same arguments
 //!    and environment, and the registered fds at 3, 4, ..., described by the
 //!    systemd socket-activation variables `LISTEN_FDS`, `LISTEN_FDNAMES` and
 //!    `LISTEN_PID` (the child's own pid, written in the child before exec).
-//!    One more fd, named `seamless-ready`, is the readiness pipe. Nothing
-//!    else leaks in. The child is created on a short-lived thread, without
-//!    copying this process's memory; the executor never waits for its
-//!    exec, and the ready timeout counts from the start of the upgrade.
+//!    One more fd, named `seamless-ready`, is the readiness pipe, and one
+//!    more, the live handoff's channel, if a listener opted in or the
+//!    application passes state on. Nothing else leaks in. On Linux the
+//!    child is created on a short-lived thread with
+//!    `clone(CLONE_VM|CLONE_VFORK)`, without copying this process's memory
+//!    (elsewhere that thread forks); the executor never waits for its exec,
+//!    and the ready timeout counts from the start of the upgrade.
 //! 3. The child's [`Upgrader::new`] takes the fds; its listeners come back by
 //!    name; it calls [`Upgrader::ready`], which writes `ready` on the pipe.
 //! 4. The parent then starts draining (its [`Shutdown`] goes to
-//!    `Draining`), and `upgrade` resolves to the child's pid. On a child
-//!    exit, a timeout or garbage it kills and reaps the child instead and
-//!    resolves to an [`UpgradeError`] saying which.
+//!    `Draining`) and watches the child for the
+//!    [probation](Options::probation) time: if it dies then, a replacement
+//!    starts from this process's own executable. `upgrade` resolves to the
+//!    child's pid once probation is over (or the child exited cleanly). On
+//!    a child exit before ready, a timeout or garbage it kills and reaps the
+//!    child instead and resolves to an [`UpgradeError`] saying which.
 //!
 //! The same start-up path accepts sockets from real systemd socket
 //! activation.
@@ -276,6 +283,12 @@ impl Upgrader {
     ///   `LISTEN_FDNAMES` is malformed.
     /// - [`InheritError::BadFd`]: a passed fd is closed, or not a socket.
     /// - [`InheritError::AlreadyTaken`]: called twice in one process.
+    /// - [`InheritError::Io`]: this process's executable could not be
+    ///   found, or the start-up signals could not be recorded.
+    ///
+    /// On an error every fd that was passed is closed, and the start-up
+    /// signals have their usual effect: a process that carries on without
+    /// an upgrader is not left with them blocked.
     pub fn new(shutdown: &Shutdown, options: Options) -> Result<Upgrader, InheritError> {
         let Inherited {
             sockets,

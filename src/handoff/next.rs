@@ -31,7 +31,8 @@ pub enum UpgradeError {
     NotReady,
     /// Another upgrade is in progress.
     InProgress,
-    /// This process is already draining.
+    /// A stop was already asked for: this process drains, or waits out its
+    /// pre-drain delay.
     ShuttingDown,
     /// A stop (graceful or immediate) was asked for during the upgrade: the
     /// next generation was killed, or, if it had just become ready, told to

@@ -1,6 +1,6 @@
-//! Command-line options as the example servers and the demo take them:
-//! `--name value` or `--name=value`, a flag alone, durations in
-//! milliseconds. Every error is `InvalidInput`, names the option and ends
+//! Command-line options as the http example, the demo and the hyper
+//! package take them: `--name value` or `--name=value`, a flag alone,
+//! durations in milliseconds. Every error is `InvalidInput`, names the option and ends
 //! with the usage line.
 //!
 //! ```
