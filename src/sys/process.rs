@@ -12,24 +12,26 @@
 
 use std::ffi::{c_char, CStr};
 use std::io;
-use std::mem::ManuallyDrop;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 
 use rustix::fs::{open, Mode, OFlags};
-use rustix::io::{dup2, fcntl_getfd, fcntl_setfd, FdFlags};
+use rustix::io::{fcntl_getfd, fcntl_setfd, FdFlags};
 use rustix::process::{Pid, Signal, WaitOptions};
 
 /// Makes `target` refer to what `fd` refers to, without `FD_CLOEXEC`.
+/// Through libc: rustix's `dup2` wants the target as an `OwnedFd`, which a
+/// number that is not open cannot be.
 pub(crate) fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
-    // SAFETY: the `OwnedFd` only names the target number for dup2(2), which
-    // accepts a number that is not open (and atomically replaces one that
-    // is). `ManuallyDrop` makes sure this handle never closes it.
-    let mut target = ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(target) });
-    dup2(fd, &mut target)?;
-    Ok(())
+    // SAFETY: dup2(2) takes any two numbers; `fd` is open for the call (it
+    // is borrowed), and `target` is closed first if open, atomically.
+    // Async-signal-safe, and it allocates nothing.
+    match unsafe { libc::dup2(fd.as_raw_fd(), target) } {
+        -1 => Err(io::Error::last_os_error()),
+        _ => Ok(()),
+    }
 }
 
 /// Marks every open fd numbered `first` or above close-on-exec, so nothing
