@@ -130,6 +130,9 @@ struct State {
     /// `.0` with deadline `.1`.
     delayed: Option<(Instant, Instant)>,
     reason: Option<Reason>,
+    /// A graceful or immediate trigger came, whatever the reason: after a
+    /// handover too, where it ends this process only.
+    stop_asked: bool,
 }
 
 /// A cheap, clonable handle to one shutdown coordinator.
@@ -267,6 +270,7 @@ impl Shutdown {
                 return None;
             }
             state.reason.get_or_insert(Reason::Stop);
+            state.stop_asked = true;
             if !delay.is_zero() && !self.is_draining() {
                 // Keep serving until the delay is over; `stopped()` and
                 // `draining()` start the drain then.
@@ -287,10 +291,24 @@ impl Shutdown {
         Some(self.drain_until(now + timeout))
     }
 
+    /// Decides for a handover to a successor that is ready: the reason
+    /// becomes [`Reason::Upgrade`], unless a stop was asked for first
+    /// (`false`, nothing done). Checked and decided under one lock, so that
+    /// a stop and a handover never both win; a stop asked for afterwards
+    /// ends this process only. [`hand_over`](Self::hand_over) then starts
+    /// the drain.
+    pub(crate) fn claim_handover(&self) -> bool {
+        let mut state = lock(&self.inner.state);
+        if self.is_stopped() || state.reason == Some(Reason::Stop) {
+            return false;
+        }
+        state.reason = Some(Reason::Upgrade);
+        true
+    }
+
     /// Starts draining for a successor that is ready and serving: no
     /// pre-drain delay, the coordinator's drain timeout. `None`, and nothing
-    /// done, if a stop was asked for first: checked and decided under one
-    /// lock, so that a stop and a handover never both win.
+    /// done, if a stop was asked for first, or this process has stopped.
     pub(crate) fn hand_over(&self) -> Option<Instant> {
         {
             let mut state = lock(&self.inner.state);
@@ -347,6 +365,7 @@ impl Shutdown {
             state.deadline = Some(Instant::now());
             state.delayed = None;
             state.reason.get_or_insert(Reason::Stop);
+            state.stop_asked = true;
         }
         let previous = self.inner.phase.swap(STOPPED, Ordering::SeqCst);
         if previous != STOPPED {
@@ -431,13 +450,19 @@ impl Shutdown {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
-    /// Waits until the service is asked to stop (a graceful or immediate
-    /// trigger with [`Reason::Stop`]), even while a pre-drain delay holds
-    /// off the drain. A handover never ends this wait.
+    /// Whether a graceful or immediate trigger came (before or after a
+    /// handover).
+    pub(crate) fn stop_asked(&self) -> bool {
+        lock(&self.inner.state).stop_asked
+    }
+
+    /// Waits until this process is asked to stop (a graceful or immediate
+    /// trigger), even while a pre-drain delay holds off the drain. A
+    /// handover never ends this wait.
     pub(crate) async fn stop_requested(&self) {
         loop {
             let listener = self.inner.changed.listen();
-            if self.reason() == Some(Reason::Stop) {
+            if self.stop_asked() {
                 return;
             }
             listener.await;
@@ -562,11 +587,17 @@ mod tests {
         for shutdown in [Shutdown::new(), delayed] {
             let _guard = shutdown.guard();
             shutdown.graceful(Duration::from_secs(60));
+            assert!(!shutdown.claim_handover());
             assert_eq!(shutdown.hand_over(), None);
             assert_eq!(shutdown.reason(), Some(Reason::Stop));
         }
+        // Claimed first: a stop asked for afterwards does not change why
+        // this process drains.
         let shutdown = Shutdown::new();
         let _guard = shutdown.guard();
+        assert!(shutdown.claim_handover());
+        shutdown.graceful(Duration::from_secs(60));
+        assert_eq!(shutdown.reason(), Some(Reason::Upgrade));
         assert!(shutdown.hand_over().is_some());
         assert_eq!(shutdown.reason(), Some(Reason::Upgrade));
         assert!(shutdown.is_draining());

@@ -163,6 +163,10 @@ fn run_tests(args: &[String]) -> ExitCode {
             "a_stop_in_probation_ends_only_the_old_generation",
             a_stop_in_probation_ends_only_the_old_generation,
         ),
+        (
+            "a_stopping_generation_starts_no_replacement",
+            a_stopping_generation_starts_no_replacement,
+        ),
     ];
     // Orphaned generations are re-parented to us, so we can reap them and
     // prove none is left behind.
@@ -1909,4 +1913,31 @@ fn a_stop_in_probation_ends_only_the_old_generation() {
     assert!(procs::alive(child));
     kill(child, Signal::TERM);
     wait_gone(child);
+}
+
+/// An old generation asked to stop (here SIGTERM, as systemd sends it to
+/// the whole service) does not start a replacement when its successor dies
+/// in probation: nothing is started again behind a stop.
+fn a_stopping_generation_starts_no_replacement() {
+    let args = ["--next", "ready-serve", "--probation-ms", "60000"];
+    let server = Server::start(&args, &[]);
+    server.sighup();
+    let line = server.expect(&format!("event {} generation", server.pid));
+    let dying: u32 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    kill(server.pid, Signal::TERM);
+    server.expect(&format!("event {} Term: draining", server.pid));
+    kill(dying, Signal::KILL);
+    let failed = server.expect(&format!("event {} upgrade failed", server.pid));
+    assert!(
+        failed.contains(&format!("({dying}) died within its probation")),
+        "{failed}"
+    );
+    assert!(failed.contains("no replacement"), "{failed}");
+    server.expect(&format!("stopped {}", server.pid));
+    wait_gone(server.pid);
+    wait_gone(dying);
+    assert!(
+        TcpStream::connect(server.addr).is_err(),
+        "nothing serves after the stop"
+    );
 }

@@ -561,11 +561,10 @@ impl Upgrader {
             Some(Err(error)) => return Err(self.rolled_back(error, started)),
             None => return Err(self.rolled_back(UpgradeError::Aborted, started)),
         };
-        if let Some((sender, acks)) = outbound {
-            inner.relay.set_outbound(sender, acks);
-        }
-        if inner.shutdown.hand_over().is_none() {
-            // Ready just as the service was told to stop: it stops too.
+        if !inner.shutdown.claim_handover() {
+            // Ready just as the service was told to stop: it stops too. (Our
+            // end of the handoff channel closes on return, so that the
+            // child's drain does not wait for it.)
             let signal = match inner.shutdown.is_stopped() {
                 true => rustix::process::Signal::QUIT,
                 false => rustix::process::Signal::TERM,
@@ -589,8 +588,12 @@ impl Upgrader {
         }
         tracing::info!(pid, elapsed = ?started.elapsed(), "upgrade: the next generation is ready; draining");
         let _ = sd::main_pid_ready(pid);
-        // The child is the service from here: if this process stops before
-        // probation is over, the child serves on.
+        if let Some((sender, acks)) = outbound {
+            inner.relay.set_outbound(sender, acks);
+        }
+        // A stop asked for from here on ends this process only: the child
+        // is the service, and serves on (it is not killed with us either).
+        inner.shutdown.hand_over();
         child.serves();
         *lock(&inner.ready_child) = Some(pid);
         inner.ready_child_set.notify(usize::MAX);
@@ -601,6 +604,13 @@ impl Upgrader {
                 child.release();
                 Ok(pid)
             }
+            // Asked to stop meanwhile (the whole service, say): nothing is
+            // started again behind the stop.
+            Some(status) if inner.shutdown.stop_asked() => Err(UpgradeError::DiedInProbation {
+                pid,
+                status,
+                replacement: Err(Box::new(UpgradeError::ShuttingDown)),
+            }),
             Some(status) => Err(self.replace(pid, status).await),
         };
         // The next generation holds the sockets now; ours are not needed.
@@ -699,7 +709,14 @@ impl Upgrader {
         let replacement = match &inner.own_exe {
             Some(exe) => {
                 let program = spawn::Program::Open(exe.as_fd());
-                self.start_ready(program, &inner.own_args).await
+                let attempt = self.start_ready(program, &inner.own_args);
+                let stop = inner.shutdown.stop_requested();
+                future::or(attempt, async {
+                    stop.await;
+                    // The attempt is dropped: its child is killed and reaped.
+                    Err(UpgradeError::ShuttingDown)
+                })
+                .await
             }
             None => Err(UpgradeError::Spawn(io::Error::new(
                 io::ErrorKind::NotFound,

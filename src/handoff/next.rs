@@ -86,6 +86,9 @@ impl fmt::Display for UpgradeError {
                         f,
                         "generation {new}, started from this one's own executable, serves instead"
                     ),
+                    Err(e) if matches!(**e, UpgradeError::ShuttingDown) => {
+                        write!(f, "no replacement: this generation was asked to stop")
+                    }
                     Err(e) => write!(f, "starting a replacement failed too: {e}"),
                 }
             }
