@@ -584,6 +584,11 @@ impl Upgrader {
                 }
                 None => drop(child.exited().await),
             }
+            // The child wrote its pid there when it was ready; this process
+            // is the one still draining.
+            if let Some(path) = &inner.options.pid_file {
+                let _ = write_pid_file(path, std::process::id());
+            }
             return Err(UpgradeError::Aborted);
         }
         tracing::info!(pid, elapsed = ?started.elapsed(), "upgrade: the next generation is ready; draining");
