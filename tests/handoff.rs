@@ -866,7 +866,8 @@ fn open_fds() -> Vec<i32> {
 // ------------------------------------------------------------ the child side
 
 /// `--serve [--next MODE] [--ready-timeout-ms N] [--careless] [--fds-out DIR]
-/// [--hold-ms N] [--hold-start DIR] [--program PATH] [--bare] [--spare-fds N]`:
+/// [--hold-ms N] [--hold-start DIR] [--program PATH] [--bare] [--spare-fds N]
+/// [--drain-ms N]`:
 /// writes its pid to each connection. With `--next`, its upgrades start a
 /// misbehaving child instead of another server. `--program` starts that
 /// program instead of this one. With `--bare`, a generation started by a
@@ -896,7 +897,8 @@ fn serve(args: &[String], fds_at_start: &[i32]) -> ExitCode {
     };
     let hold = ms("--hold-ms", 0);
 
-    let shutdown = Shutdown::builder().drain_timeout(TIMEOUT).build();
+    let drain = ms("--drain-ms", TIMEOUT.as_millis() as u64);
+    let shutdown = Shutdown::builder().drain_timeout(drain).build();
     let mut options = Options::default().ready_timeout(ms("--ready-timeout-ms", 20_000));
     if let Some(path) = opt("--pid-file") {
         options = options.pid_file(path);
@@ -1018,8 +1020,8 @@ fn serve(args: &[String], fds_at_start: &[i32]) -> ExitCode {
     )));
     let stats = upgrader.handover_stats();
     println!(
-        "stopped {pid} handed_over={} fell_back={}",
-        stats.handed_over, stats.fell_back
+        "stopped {pid} handed_over={} fell_back={} unconfirmed={}",
+        stats.handed_over, stats.fell_back, stats.unconfirmed
     );
     ExitCode::SUCCESS
 }
@@ -1731,13 +1733,23 @@ fn reap_any() {
     while let Ok(Some(_)) = rustix::process::wait(rustix::process::WaitOptions::NOHANG) {}
 }
 
-/// The live handoff's fallback: a next generation that says it is ready
-/// but never reads its handoff channel. The connection the old generation
-/// sent it is closed gracefully by the old generation (EOF, no reset)
-/// within its drain, and counted as fallen back.
+/// The live handoff at the deadline: a next generation that says it is
+/// ready but never reads its handoff channel never says whether it took
+/// the connection sent to it. The old generation stops at its deadline,
+/// counts it unconfirmed and only drops its copy, never shuts it down: the
+/// successor could still take it. The connection closes, cleanly, with the
+/// successor that holds it.
 fn a_successor_that_never_reads_its_channel_gets_no_connection() {
     let server = Server::start(
-        &["--handover", "--next", "no-read", "--probation-ms", "300"],
+        &[
+            "--handover",
+            "--next",
+            "no-read",
+            "--probation-ms",
+            "300",
+            "--drain-ms",
+            "1000",
+        ],
         &[],
     );
     // Idle: connected, nothing sent yet.
@@ -1747,14 +1759,25 @@ fn a_successor_that_never_reads_its_channel_gets_no_connection() {
     let line = server.expect("no-read ");
     let child: u32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     let stopped = server.expect(&format!("stopped {}", server.pid));
-    assert!(stopped.contains("handed_over=1 fell_back=1"), "{stopped}");
+    assert!(
+        stopped.contains("handed_over=0 fell_back=0 unconfirmed=1"),
+        "{stopped}"
+    );
+    wait_gone(server.pid);
+    // The old generation is gone without a FIN: the connection is open.
+    idle.set_nonblocking(true).unwrap();
+    let read = idle.read(&mut [0; 16]);
+    assert!(
+        matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "still open, not {read:?}"
+    );
+    idle.set_nonblocking(false).unwrap();
+    kill(child, Signal::KILL);
+    wait_gone(child);
     let mut rest = Vec::new();
     let read = idle.read_to_end(&mut rest);
     assert!(matches!(read, Ok(0)), "a clean EOF, not {read:?}");
     assert_eq!(idle.take_error().unwrap().map(|e| e.kind()), None);
-    wait_gone(server.pid);
-    kill(child, Signal::KILL);
-    wait_gone(child);
 }
 
 /// The application state passed with `pass_state` arrives before the next

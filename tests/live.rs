@@ -8,6 +8,9 @@
 //! - The same with 60 restarts 0.25 s apart, half the clients at full speed.
 //! - A request half-sent before a restart is answered once, in full; two
 //!   pipelined requests at the switch are both answered, once, in order.
+//! - A connection busy past the old generation's probation moves on once
+//!   its response is out, and keeps serving, also through a generation
+//!   that is itself draining.
 //! - Without the opt-in, or for a connection that declines, an idle
 //!   connection is closed as before; a connection's state goes with it.
 //! - Over 50 restarts every generation's fds stay flat, and no socket is
@@ -28,7 +31,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 use seamless_test_support::build;
 use seamless_test_support::procs::{
-    alive, become_subreaper, connection_fds, fd_count, poll, signal, wait_gone,
+    alive, become_subreaper, connection_fds, fd_count, poll, signal, tcp_unread, wait_gone,
 };
 
 /// Generous bound for anything that should take milliseconds.
@@ -412,6 +415,58 @@ fn a_half_sent_request_is_answered_once() {
     let next = client.get("/?next").unwrap();
     assert_eq!(next.target, "/?next");
     assert_eq!(next.generation, second, "the connection moved on");
+    service.stop();
+}
+
+/// A connection still busy when the old generation's probation ends: it
+/// finishes its response, goes idle and moves on. The old generation must
+/// not stop (and close its copy) before the new one has said it took it.
+#[test]
+fn a_connection_busy_past_probation_moves_on() {
+    busy_past_probation(1);
+}
+
+/// The same while the new generation has itself been replaced: it must
+/// not stop before the connection has gone on to its own successor, and
+/// that one has taken it.
+#[test]
+fn a_connection_busy_past_probation_moves_on_through_a_draining_generation() {
+    busy_past_probation(2);
+}
+
+/// A slow request on the first generation, `restarts` restarts while it
+/// runs, then the connection must serve on in the last generation.
+fn busy_past_probation(restarts: usize) {
+    let service = Service::start(&[]);
+    let first = service.current().unwrap();
+    let mut client = Client::connect(service.addr).unwrap();
+    assert_eq!(client.get("/?warm").unwrap().generation, first);
+    // Far longer than the restarts and their probation (300 ms): it is
+    // over, and only this connection holds the generations, when the
+    // response goes out.
+    client
+        .send(b"GET /sleep?ms=2500 HTTP/1.1\r\nhost: test\r\n\r\n")
+        .unwrap();
+    let local = client.reader.get_ref().local_addr().unwrap();
+    let read = poll(LONG, || {
+        (tcp_unread(service.addr).get(&local) == Some(&0)).then_some(())
+    });
+    assert!(read.is_some(), "the old generation read the slow request");
+    let mut generations = vec![first];
+    for _ in 0..restarts {
+        generations.push(service.restart());
+    }
+    let slow = client.response().unwrap();
+    assert_eq!(slow.generation, first);
+    assert!(!slow.close, "{slow:?}");
+    let (&last, older) = generations.split_last().unwrap();
+    for &pid in older {
+        assert!(wait_gone(pid, LONG), "generation {pid} exits");
+    }
+    let next = client
+        .get("/?next")
+        .expect("the handed-over connection still serves");
+    assert_eq!(next.generation, last);
     service.stop();
 }
 

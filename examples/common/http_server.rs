@@ -254,7 +254,9 @@ pub fn run(args: Args) -> io::Result<()> {
         // Polled for the log's sake: nothing waits on it.
         let drained = async {
             shutdown.draining().await;
-            while tracker.counts().total > 0 && !shutdown.is_stopped() {
+            // Handed over means taken by the next generation: wait for its word.
+            let busy = || tracker.counts().total > 0 || upgrader.handover_stats().in_flight > 0;
+            while busy() && !shutdown.is_stopped() {
                 Timer::after(Duration::from_millis(1)).await;
             }
             drain

@@ -8,7 +8,9 @@
 //! application already polls: an opted-in listener's `accept()` (received
 //! connections), each idle connection's own read (sending it), and
 //! [`Shutdown::stopped`] (acknowledgements, forwarding, the end of the
-//! channel from the predecessor). Every socket of the channels is polled
+//! channel from the predecessor). Until the successor has said whether it
+//! took what was sent, and until what the predecessor sent has gone on,
+//! a guard holds off this generation's `Stopped`. Every socket of the channels is polled
 //! with one waker that wakes all of them ([`Wakers`]), so no poller's
 //! registration is lost to another's.
 
@@ -37,18 +39,26 @@ const PER_POLL: usize = 64;
 /// [`Upgrader::handover_stats`](super::Upgrader::handover_stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HandoverStats {
-    /// Connections this generation handed, alive, to its successor.
+    /// Connections of this generation its successor took, alive.
     pub handed_over: u64,
     /// Connections that were to move on but were closed instead: the
-    /// successor did not take them (it died, refused the channel, or the
-    /// deadline came first), or, received from the predecessor, no listener
-    /// of this generation could take them.
+    /// successor did not take them (it died or refused the channel), or,
+    /// received from the predecessor, no listener of this generation could
+    /// take them.
     pub fell_back: u64,
     /// Connections this generation received from its predecessor.
     pub received: u64,
-    /// Of those, the ones it passed straight on to its own successor,
-    /// because it was draining for an upgrade itself.
+    /// Of those, the ones its own successor took, because this generation
+    /// was draining for an upgrade itself.
     pub forwarded: u64,
+    /// Connections sent to the successor that it has not yet said it took
+    /// (or not): a gauge, not a count; zero once everything sent is
+    /// settled.
+    pub in_flight: u64,
+    /// Connections sent to the successor that this generation stopped
+    /// before learning whether it took them (the deadline came first, or
+    /// the channel failed): left to the successor, never closed here.
+    pub unconfirmed: u64,
 }
 
 pub(crate) struct Relay {
@@ -72,15 +82,56 @@ struct Stats {
     fell_back: AtomicU64,
     received: AtomicU64,
     forwarded: AtomicU64,
+    unconfirmed: AtomicU64,
 }
 
 struct Outbound {
     sender: Sender,
     acks: Acks,
-    /// Our duplicates of the connections sent and not yet taken, by
-    /// sequence number: if the successor turns out not to take them, they
-    /// are still ours to close gracefully.
-    in_flight: BTreeMap<u64, OwnedFd>,
+    /// The connections sent and not yet taken, by sequence number: if the
+    /// successor turns out not to take them, they are still ours to close
+    /// gracefully.
+    in_flight: BTreeMap<u64, InFlight>,
+    /// Held while `in_flight` is not empty: a generation that stopped now
+    /// could only drop its copies, never close them, and would not learn
+    /// (nor count) whether they went.
+    guard: Option<Guard>,
+}
+
+struct InFlight {
+    /// Our duplicate; `None` if there was no fd to make one (the
+    /// connection is still the successor's; only a graceful close on its
+    /// failure is lost).
+    copy: Option<OwnedFd>,
+    /// Received from the predecessor, rather than one of ours.
+    forwarded: bool,
+}
+
+impl Outbound {
+    fn send(&mut self, seq: u64, in_flight: InFlight, shutdown: &Shutdown) {
+        self.in_flight.insert(seq, in_flight);
+        if self.guard.is_none() {
+            self.guard = Some(shutdown.guard());
+        }
+    }
+
+    /// The successor took every message below `taken`: our copies are
+    /// dropped, never shut down. Returns the guard once nothing is left in
+    /// flight: drop it after unlocking.
+    #[must_use = "drop the guard after unlocking"]
+    fn taken(&mut self, taken: u64, stats: &Stats) -> Option<Guard> {
+        let rest = self.in_flight.split_off(&taken);
+        for (_, went) in std::mem::replace(&mut self.in_flight, rest) {
+            match went.forwarded {
+                true => stats.forwarded.fetch_add(1, Ordering::SeqCst),
+                false => stats.handed_over.fetch_add(1, Ordering::SeqCst),
+            };
+        }
+        match self.in_flight.is_empty() {
+            true => self.guard.take(),
+            false => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -152,16 +203,16 @@ impl Relay {
     /// this generation drains. Replaces (and closes) an earlier one.
     pub(crate) fn set_outbound(&self, sender: Sender, acks: Acks) {
         let mut outbound = lock(&self.outbound);
-        if let Some(previous) = outbound.take() {
-            self.close_outbound(previous);
-        }
+        let previous = outbound.take().and_then(|out| self.close_outbound(out));
         *outbound = Some(Outbound {
             sender,
             acks,
             in_flight: BTreeMap::new(),
+            guard: None,
         });
         self.outbound_open.store(true, Ordering::SeqCst);
         drop(outbound);
+        drop(previous);
         self.wakers.wake_all();
     }
 
@@ -172,6 +223,10 @@ impl Relay {
             fell_back: get(&self.stats.fell_back),
             received: get(&self.stats.received),
             forwarded: get(&self.stats.forwarded),
+            unconfirmed: get(&self.stats.unconfirmed),
+            in_flight: lock(&self.outbound)
+                .as_ref()
+                .map_or(0, |out| out.in_flight.len() as u64),
         }
     }
 
@@ -180,10 +235,11 @@ impl Relay {
     pub(crate) fn poll_app_state(&self, cx: &mut Context<'_>) -> Poll<Option<Vec<u8>>> {
         self.wakers.register(cx.waker());
         let mut inbound = lock(&self.inbound);
-        let ended = self.drive_inbound(&mut inbound);
+        self.drive_inbound(&mut inbound);
         let state = inbound.app_state.clone();
+        let done = inbound.done();
         drop(inbound);
-        drop(ended);
+        drop(done);
         match state {
             Some(state) => Poll::Ready(state),
             None => Poll::Pending,
@@ -192,19 +248,16 @@ impl Relay {
 
     /// Takes what arrived from the predecessor: connections to their
     /// listeners' inboxes (or on to the successor), the application state,
-    /// the end of the channel. Returns the guard to drop once the channel
-    /// has ended: drop it after the lock on `inbound` (dropping the last
-    /// guard stops the coordinator, whose hooks take that lock).
-    #[must_use = "drop the guard after unlocking"]
-    fn drive_inbound(&self, inbound: &mut Inbound) -> Option<Guard> {
+    /// the end of the channel.
+    fn drive_inbound(&self, inbound: &mut Inbound) {
         let waker = self.wakers.waker();
         let mut cx = Context::from_waker(&waker);
         for _ in 0..PER_POLL {
             let Some(receiver) = &mut inbound.receiver else {
-                return None;
+                return;
             };
             let received = match receiver.poll_recv(&mut cx) {
-                Poll::Pending => return None,
+                Poll::Pending => return,
                 Poll::Ready(received) => received,
             };
             match received {
@@ -231,12 +284,11 @@ impl Relay {
                     inbound.app_state.get_or_insert(None);
                     self.state_known.notify(usize::MAX);
                     self.wakers.wake_all();
-                    return inbound.guard.take();
+                    return;
                 }
             }
         }
         waker.wake_by_ref();
-        None
     }
 
     /// Where a received connection goes.
@@ -267,8 +319,10 @@ impl Relay {
     }
 
     /// Sends what waits to be forwarded, and reads the successor's
-    /// acknowledgements.
-    fn drive_outbound(&self, inbound: &mut Inbound) {
+    /// acknowledgements. Returns the outbound guard once nothing is in
+    /// flight: drop it after unlocking.
+    #[must_use = "drop the guard after unlocking"]
+    fn drive_outbound(&self, inbound: &mut Inbound) -> Option<Guard> {
         let waker = self.wakers.waker();
         let mut cx = Context::from_waker(&waker);
         let mut outbound = lock(&self.outbound);
@@ -278,7 +332,7 @@ impl Relay {
                 self.fell_back(&connection.listener, &error);
                 close_gracefully(connection.fd);
             }
-            return;
+            return None;
         };
         while let Some(connection) = inbound.forwarding.front() {
             let fd = connection.fd.as_fd();
@@ -292,8 +346,11 @@ impl Relay {
             let connection = inbound.forwarding.pop_front().expect("front exists");
             match sent {
                 Ok(seq) => {
-                    self.stats.forwarded.fetch_add(1, Ordering::SeqCst);
-                    out.in_flight.insert(seq, connection.fd);
+                    let went = InFlight {
+                        copy: Some(connection.fd),
+                        forwarded: true,
+                    };
+                    out.send(seq, went, &self.shutdown);
                 }
                 Err(e) => {
                     self.fell_back(&connection.listener, &e);
@@ -301,46 +358,85 @@ impl Relay {
                 }
             }
         }
+        let mut released = None;
         for _ in 0..PER_POLL {
             match out.acks.poll_next(&mut cx) {
-                Poll::Pending => return,
+                Poll::Pending => return released,
                 Poll::Ready(Ok(AckEvent::Taken(taken))) => {
-                    // Ours no more: drop our copies, never shut them down.
-                    out.in_flight = out.in_flight.split_off(&taken);
+                    released = released.or(out.taken(taken, &self.stats));
                 }
-                Poll::Ready(closed) => {
-                    if let Err(e) = &closed {
+                Poll::Ready(ended) => {
+                    if let Err(e) = &ended {
                         tracing::warn!(%e, "the handoff channel to the next generation failed");
                     }
                     let out = outbound.take().expect("checked above");
-                    self.close_outbound(out);
-                    return;
+                    return released.or(self.close_outbound(out));
                 }
             }
         }
         waker.wake_by_ref();
+        released
     }
 
-    /// The successor takes nothing more: what it has not taken is ours to
-    /// close. Acknowledgements already in the socket are read first, so a
-    /// connection the successor took is never shut down under it.
-    fn close_outbound(&self, mut out: Outbound) {
+    /// The successor takes nothing more. Only its word that the channel
+    /// closed makes what it did not take ours to close; without it (the
+    /// channel failed, or this generation stops first) the successor may
+    /// still take them, so our copies are only dropped. Returns the
+    /// outbound guard: drop it after unlocking.
+    #[must_use = "drop the guard after unlocking"]
+    fn close_outbound(&self, mut out: Outbound) -> Option<Guard> {
         self.outbound_open.store(false, Ordering::SeqCst);
+        // What the successor has said already; no waiting.
         let mut cx = Context::from_waker(Waker::noop());
+        let mut closed = None;
         for _ in 0..PER_POLL {
             match out.acks.poll_next(&mut cx) {
-                Poll::Ready(Ok(AckEvent::Taken(_))) => continue,
+                Poll::Ready(Ok(AckEvent::Taken(taken))) => drop(out.taken(taken, &self.stats)),
+                Poll::Ready(Ok(AckEvent::Closed { taken })) => {
+                    closed = Some(taken);
+                    break;
+                }
                 _ => break,
             }
         }
-        let taken = out.sender.taken();
-        for (_, fd) in out.in_flight.into_iter().filter(|(seq, _)| *seq >= taken) {
+        let Some(taken) = closed else {
+            let left = out.in_flight.len() as u64;
+            if left > 0 {
+                tracing::warn!(
+                    left,
+                    "stopped before the next generation said whether it took them; left to it"
+                );
+            }
+            self.stats.unconfirmed.fetch_add(left, Ordering::SeqCst);
+            return out.guard.take();
+        };
+        drop(out.taken(taken, &self.stats));
+        for (_, went) in std::mem::take(&mut out.in_flight) {
             let error = io::Error::new(
                 io::ErrorKind::NotConnected,
                 "the next generation did not take it",
             );
             self.fell_back("(in flight)", &error);
-            close_gracefully(fd);
+            if let Some(fd) = went.copy {
+                close_gracefully(fd);
+            }
+        }
+        out.guard.take()
+    }
+}
+
+impl Inbound {
+    /// Returns the inbound guard once the predecessor's channel has ended
+    /// and nothing received waits to go on: what the predecessor sent is
+    /// ours alone (it dropped its copies when we took them), so this
+    /// generation must not stop before it is forwarded. Drop it after the
+    /// lock on `inbound` (dropping the last guard stops the coordinator,
+    /// whose hooks take that lock).
+    #[must_use = "drop the guard after unlocking"]
+    fn done(&mut self) -> Option<Guard> {
+        match self.receiver.is_none() && self.forwarding.is_empty() {
+            true => self.guard.take(),
+            false => None,
         }
     }
 }
@@ -373,13 +469,12 @@ impl Successor for Relay {
             state,
             fd
         ))?;
-        self.stats.handed_over.fetch_add(1, Ordering::SeqCst);
-        // Our own copy, until the successor says it took it. Without one
-        // (out of fds) the connection is still the successor's; only a
-        // graceful close on its failure is lost.
-        if let Ok(copy) = sys::dup_at_least(fd, 0) {
-            out.in_flight.insert(seq, copy);
-        }
+        // Our own copy, until the successor says it took it.
+        let went = InFlight {
+            copy: sys::dup_at_least(fd, 0).ok(),
+            forwarded: false,
+        };
+        out.send(seq, went, &self.shutdown);
         Poll::Ready(Ok(()))
     }
 
@@ -391,13 +486,14 @@ impl Successor for Relay {
     fn poll_received(&self, cx: &mut Context<'_>, listener: &str) -> Option<(OwnedFd, Vec<u8>)> {
         self.wakers.register(cx.waker());
         let mut inbound = lock(&self.inbound);
-        let ended = self.drive_inbound(&mut inbound);
+        self.drive_inbound(&mut inbound);
         let connection = inbound
             .inboxes
             .get_mut(listener)
             .and_then(VecDeque::pop_front);
+        let done = inbound.done();
         drop(inbound);
-        drop(ended);
+        drop(done);
         connection.map(|c| (c.fd, c.state))
     }
 }
@@ -434,22 +530,26 @@ impl PhaseHook for Relay {
         let guard = inbound.guard.take();
         drop(inbound);
         drop(guard);
-        if let Some(out) = lock(&self.outbound).take() {
+        let mut outbound = lock(&self.outbound);
+        let guard = outbound.take().and_then(|out| {
             // Say it is over, if the channel has room now; otherwise the
             // successor sees the channel end without it, which is as safe.
             let waker = Waker::noop();
             let _ = out.sender.poll_finish(&mut Context::from_waker(waker));
-            self.close_outbound(out);
-        }
+            self.close_outbound(out)
+        });
+        drop(outbound);
+        drop(guard);
     }
 
     fn poll_work(&self, cx: &mut Context<'_>) {
         self.wakers.register(cx.waker());
         let mut inbound = lock(&self.inbound);
-        let ended = self.drive_inbound(&mut inbound);
-        self.drive_outbound(&mut inbound);
+        self.drive_inbound(&mut inbound);
+        let sent = self.drive_outbound(&mut inbound);
+        let done = inbound.done();
         drop(inbound);
-        drop(ended);
+        drop((sent, done));
     }
 }
 
@@ -496,5 +596,116 @@ impl Wake for Wakers {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.wake_all();
+    }
+}
+
+#[cfg(all(
+    test,
+    any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "dragonfly",
+    )
+))]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    use super::super::channel::pair;
+    use super::*;
+
+    fn noop() -> Context<'static> {
+        Context::from_waker(Waker::noop())
+    }
+
+    /// Everything queued for `receiver` now, acknowledged; the connections'
+    /// fds, by listener.
+    fn take_all(receiver: &mut Receiver) -> Vec<Connection> {
+        let mut taken = Vec::new();
+        for _ in 0..100_000 {
+            match receiver.poll_recv(&mut noop()) {
+                Poll::Ready(Ok(Received::Connection(c))) => taken.push(c),
+                Poll::Pending => return taken,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        panic!("the channel never emptied");
+    }
+
+    /// A generation draining into its successor receives its predecessor's
+    /// last connection and the end of that channel in one go, while the
+    /// successor's channel is full. It must not stop (and close what waits
+    /// to go on: the predecessor's copy is gone) before the connection has
+    /// gone on and the successor has taken it.
+    #[test]
+    fn a_draining_generation_stops_only_once_what_it_received_has_gone_on() {
+        let shutdown = Shutdown::new();
+        let (a_end, b_in) = pair().unwrap();
+        let (from_a, _a_acks) = Sender::new(a_end).unwrap();
+        let relay = Relay::new(&shutdown, Some(b_in));
+        relay.add_listener("main");
+
+        // The successor's channel, full: it has not read yet.
+        let (b_out, c_in) = pair().unwrap();
+        let (to_c, c_acks) = Sender::new(b_out).unwrap();
+        let mut c = Receiver::new(c_in).unwrap();
+        let (filler, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        let full = (0..100_000).find(|_| {
+            to_c.poll_send_connection(&mut noop(), "main", &[], filler.as_fd())
+                .is_pending()
+        });
+        assert!(full.is_some(), "the channel never filled");
+        relay.set_outbound(to_c, c_acks);
+        shutdown.hand_over();
+
+        // The predecessor's last connection, with a request queued, then
+        // its end.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.write_all(b"ping").unwrap();
+        let sent = from_a.poll_send_connection(&mut noop(), "main", &[], server.as_fd());
+        assert!(matches!(sent, Poll::Ready(Ok(_))), "{sent:?}");
+        assert!(from_a.poll_finish(&mut noop()).is_ready());
+        drop(server);
+
+        relay.poll_work(&mut noop());
+        assert!(
+            !shutdown.is_stopped(),
+            "stopped with a connection to forward"
+        );
+        client.set_nonblocking(true).unwrap();
+        let read = client.read(&mut [0; 8]);
+        assert!(
+            matches!(&read, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            "the connection is left alone, not {read:?}"
+        );
+
+        // Room: it goes on, and once the successor has taken it, the
+        // generation stops.
+        assert!(!take_all(&mut c).is_empty());
+        relay.poll_work(&mut noop());
+        assert!(
+            !shutdown.is_stopped(),
+            "stopped before the successor took it"
+        );
+        let mut forwarded = take_all(&mut c);
+        assert_eq!(forwarded.len(), 1);
+        // One poll reads a bounded number of acknowledgements.
+        let stopped = (0..10_000).find(|_| {
+            relay.poll_work(&mut noop());
+            shutdown.is_stopped()
+        });
+        assert!(stopped.is_some(), "{:?}", relay.stats());
+        let stats = relay.stats();
+        assert_eq!((stats.forwarded, stats.fell_back), (1, 0), "{stats:?}");
+
+        let mut moved = TcpStream::from(forwarded.pop().unwrap().fd);
+        let mut request = [0; 4];
+        moved.read_exact(&mut request).unwrap();
+        assert_eq!(&request, b"ping");
     }
 }

@@ -289,6 +289,7 @@ impl Sender {
         lock(&self.shared.state).next
     }
 
+    #[cfg(test)]
     /// How many messages the receiver has taken, as [`Acks`] last read.
     pub(crate) fn taken(&self) -> u64 {
         self.shared.taken.load(Ordering::Acquire)
