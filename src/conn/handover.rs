@@ -57,3 +57,173 @@ impl fmt::Debug for Handover {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::task::Waker;
+    use std::time::Duration;
+
+    use std::io::Write;
+
+    use async_io::Async;
+    use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::conn::{Config, Tracker};
+    use crate::Shutdown;
+
+    /// A successor whose channel is full until `room` is set, and which
+    /// counts what it was sent.
+    #[derive(Default)]
+    struct Stub {
+        room: std::sync::atomic::AtomicBool,
+        waiting: Mutex<Option<Waker>>,
+        sent: AtomicUsize,
+    }
+
+    impl Stub {
+        fn make_room(&self) {
+            self.room.store(true, Ordering::SeqCst);
+            if let Some(waker) = self.waiting.lock().unwrap().take() {
+                waker.wake();
+            }
+        }
+    }
+
+    impl Successor for Stub {
+        fn takes(&self) -> bool {
+            true
+        }
+
+        fn poll_hand_over(
+            &self,
+            cx: &mut Context<'_>,
+            _listener: &str,
+            _state: &[u8],
+            _fd: BorrowedFd<'_>,
+        ) -> Poll<io::Result<()>> {
+            if !self.room.load(Ordering::SeqCst) {
+                *self.waiting.lock().unwrap() = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            self.sent.fetch_add(1, Ordering::SeqCst);
+            Poll::Ready(Ok(()))
+        }
+
+        fn fell_back(&self, _listener: &str, _error: &io::Error) {}
+
+        fn poll_received(
+            &self,
+            _cx: &mut Context<'_>,
+            _listener: &str,
+        ) -> Option<(OwnedFd, Vec<u8>)> {
+            None
+        }
+    }
+
+    fn poll_read_once<S: AsyncRead + Unpin>(stream: &mut S) -> Poll<io::Result<usize>> {
+        let mut buf = [0u8; 16];
+        future::block_on(future::poll_once(future::poll_fn(|cx| {
+            Pin::new(&mut *stream).poll_read(cx, &mut buf)
+        })))
+        .map_or(Poll::Pending, Poll::Ready)
+    }
+
+    /// A connection waiting for room on the channel that becomes busy
+    /// again (a guard taken from elsewhere, as over split halves) is not
+    /// sent mid-response: it stays until it is idle again, then moves.
+    #[test]
+    fn a_connection_busy_again_while_waiting_to_move_stays_until_idle() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let shutdown = Shutdown::new();
+        let tracker = Tracker::with_config(
+            &shutdown,
+            Config::default()
+                .first_byte_grace(Duration::ZERO)
+                .idle_grace(Duration::ZERO),
+        );
+        let stub = Arc::new(Stub::default());
+        let mut conn = tracker.track(Async::new(server).unwrap());
+        let link = Handover {
+            successor: stub.clone(),
+            listener: "web".into(),
+        };
+        conn.set_handover(Arc::new(link), Vec::new());
+        // A request and its response: idle.
+        client.write_all(b"ping").unwrap();
+        let mut request = [0u8; 4];
+        future::block_on(conn.read_exact(&mut request)).unwrap();
+        future::block_on(conn.write_all(b"pong")).unwrap();
+        assert!(shutdown.hand_over().is_some());
+
+        // The drain reaches it idle: it is to move, and waits for room.
+        assert!(poll_read_once(&mut conn).is_pending());
+        assert_eq!(tracker.counts().closing, 1);
+        // Busy again before there is room.
+        let busy = conn.busy();
+        stub.make_room();
+        assert!(
+            poll_read_once(&mut conn).is_pending(),
+            "not sent while busy"
+        );
+        assert_eq!(stub.sent.load(Ordering::SeqCst), 0);
+        assert_eq!(tracker.counts().busy, 1);
+        // Idle again: now it moves.
+        drop(busy);
+        assert!(matches!(poll_read_once(&mut conn), Poll::Ready(Ok(0))));
+        assert_eq!(stub.sent.load(Ordering::SeqCst), 1);
+    }
+
+    /// The same with a write that blocks (the client reads nothing) while
+    /// the connection waits for room: not sent until the write is through.
+    #[test]
+    fn a_connection_writing_while_waiting_to_move_stays_until_written() {
+        use futures_lite::AsyncWrite;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let shutdown = Shutdown::new();
+        let tracker = Tracker::with_config(
+            &shutdown,
+            Config::default()
+                .first_byte_grace(Duration::ZERO)
+                .idle_grace(Duration::ZERO),
+        );
+        let stub = Arc::new(Stub::default());
+        let mut conn = tracker.track(Async::new(server).unwrap());
+        let link = Handover {
+            successor: stub.clone(),
+            listener: "web".into(),
+        };
+        conn.set_handover(Arc::new(link), Vec::new());
+        client.write_all(b"ping").unwrap();
+        let mut request = [0u8; 4];
+        future::block_on(conn.read_exact(&mut request)).unwrap();
+        future::block_on(conn.write_all(b"pong")).unwrap();
+        assert!(shutdown.hand_over().is_some());
+        assert!(poll_read_once(&mut conn).is_pending());
+
+        // A response too big for the socket buffers, the client not reading.
+        let chunk = vec![0u8; 1 << 16];
+        let mut blocked = false;
+        for _ in 0..1024 {
+            let wrote = future::block_on(future::poll_once(future::poll_fn(|cx| {
+                Pin::new(&mut conn).poll_write(cx, &chunk)
+            })));
+            if wrote.is_none() {
+                blocked = true;
+                break;
+            }
+        }
+        assert!(blocked, "the socket buffers filled up");
+        stub.make_room();
+        assert!(poll_read_once(&mut conn).is_pending(), "not sent mid-write");
+        assert_eq!(stub.sent.load(Ordering::SeqCst), 0);
+    }
+}

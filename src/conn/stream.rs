@@ -386,6 +386,18 @@ impl<S: AsyncRead + AsFd> AsyncRead for Tracked<S> {
                 Close::Open => {}
                 Close::Closed | Close::HandedOver => return Poll::Ready(Ok(0)),
                 Close::HandingOver => {
+                    // While it waited for room on the channel, the
+                    // connection may have become busy again (a guard, or a
+                    // write under way from the other half of a split
+                    // stream): not idle any more, so it stays for now.
+                    let guarded = conn.busy_guards.load(Ordering::SeqCst) > 0;
+                    if guarded || *this.write_blocked {
+                        close.phase = Close::Open;
+                        // A guard's drop makes it Idle again; a blocked
+                        // write's end wakes this read, which sees it idle.
+                        shared.set_state(conn, if guarded { BUSY } else { IDLE });
+                        continue;
+                    }
                     let handover = this.handover.as_ref().expect("handing over without a link");
                     let fd = this.stream.as_ref().get_ref().as_fd();
                     let sent = ready!(handover.successor.poll_hand_over(
