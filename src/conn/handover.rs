@@ -83,6 +83,9 @@ mod tests {
         room: std::sync::atomic::AtomicBool,
         waiting: Mutex<Option<Waker>>,
         sent: AtomicUsize,
+        /// What the previous generation handed over, to receive.
+        received: Mutex<Vec<OwnedFd>>,
+        fell_back: AtomicUsize,
     }
 
     impl Stub {
@@ -114,14 +117,20 @@ mod tests {
             Poll::Ready(Ok(()))
         }
 
-        fn fell_back(&self, _listener: &str, _error: &io::Error) {}
+        fn fell_back(&self, _listener: &str, _error: &io::Error) {
+            self.fell_back.fetch_add(1, Ordering::SeqCst);
+        }
 
         fn poll_received(
             &self,
             _cx: &mut Context<'_>,
             _listener: &str,
         ) -> Option<(OwnedFd, Vec<u8>)> {
-            None
+            self.received
+                .lock()
+                .unwrap()
+                .pop()
+                .map(|fd| (fd, Vec::new()))
         }
     }
 
@@ -225,5 +234,51 @@ mod tests {
         stub.make_room();
         assert!(poll_read_once(&mut conn).is_pending(), "not sent mid-write");
         assert_eq!(stub.sent.load(Ordering::SeqCst), 0);
+    }
+
+    /// A listener of a kind that cannot adopt a handed-over connection
+    /// (the default `adopt`), and that never accepts one of its own.
+    struct CannotAdopt;
+
+    impl crate::conn::Accept for CannotAdopt {
+        type Stream = Async<TcpStream>;
+        type Addr = std::net::SocketAddr;
+
+        fn poll_accept(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<io::Result<Option<(Self::Stream, Self::Addr)>>> {
+            Poll::Pending
+        }
+    }
+
+    /// A handed-over connection the listener cannot adopt is closed
+    /// gracefully (the client reads EOF, not a reset) and counted, not
+    /// dropped in silence.
+    #[test]
+    fn a_connection_the_listener_cannot_adopt_is_closed_gracefully() {
+        use std::io::Read;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        // Sent before the handoff, never read: a plain close would reset.
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let shutdown = Shutdown::new();
+        let tracker = Tracker::new(&shutdown);
+        let stub = Arc::new(Stub::default());
+        stub.received.lock().unwrap().push(server.into());
+        let mut tracked = tracker.listen(CannotAdopt);
+        tracked.set_handover(Handover {
+            successor: stub.clone(),
+            listener: "web".into(),
+        });
+        let accepted = future::block_on(future::poll_once(tracked.accept()));
+        assert!(accepted.is_none(), "nothing to accept");
+        assert_eq!(stub.fell_back.load(Ordering::SeqCst), 1);
+        client
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).unwrap(), 0, "EOF, no reset");
     }
 }

@@ -16,6 +16,7 @@ use futures_lite::Stream;
 
 use super::handover::Handover;
 use super::{Tracked, Tracker};
+use crate::sys;
 
 /// A listener with a poll-based accept, so a [`TrackedListener`] can race it
 /// against the drain.
@@ -54,9 +55,10 @@ pub trait Accept {
     /// (an open, connected socket of this listener's kind), for the live
     /// handoff ([`Upgrader::hand_over`](crate::Upgrader::hand_over)).
     ///
-    /// The default says it cannot: such a listener does not take part in
-    /// the live handoff, and its connections are closed at a drain as
-    /// usual.
+    /// The default says it cannot: do not opt such a listener in to the
+    /// live handoff. If it is, the connections handed to it are closed
+    /// gracefully on arrival (FIN, no reset) and counted as fallen back
+    /// ([`HandoverStats::fell_back`](crate::handoff::HandoverStats::fell_back)).
     ///
     /// # Errors
     ///
@@ -312,14 +314,23 @@ impl<L: Accept> TrackedListener<L> {
         // soon as they arrive.
         if let Some(handover) = &self.handover {
             while let Some((fd, state)) = handover.successor.poll_received(cx, &handover.listener) {
+                // Ours alone now (the previous generation dropped its copy):
+                // a copy to close gracefully if it cannot be adopted.
+                let copy = sys::dup_at_least(&fd, 0).ok();
                 match L::adopt(fd) {
                     Ok((stream, addr)) => {
                         let mut conn = self.tracker.track(stream);
                         conn.set_handover(handover.clone(), state);
                         return Poll::Ready(Ok(Some((conn, addr))));
                     }
-                    // The client left meanwhile: nothing to serve.
-                    Err(e) => tracing::debug!(%e, "a handed-over connection could not be adopted"),
+                    Err(e) => {
+                        tracing::warn!(%e, listener = %handover.listener, "a handed-over connection could not be adopted; closed");
+                        handover.successor.fell_back(&handover.listener, &e);
+                        if let Some(copy) = copy {
+                            let _ = sys::shutdown(copy.as_fd(), sys::How::Write);
+                            sys::discard_queued(copy.as_fd());
+                        }
+                    }
                 }
             }
         }
