@@ -38,6 +38,7 @@ const PER_POLL: usize = 64;
 /// What the live handoff did in this generation. See
 /// [`Upgrader::handover_stats`](super::Upgrader::handover_stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HandoverStats {
     /// Connections of this generation its successor took, alive.
     pub handed_over: u64,
