@@ -1,6 +1,8 @@
 //! Helpers shared by the benches (each bench includes the parts it needs).
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 /// Nanoseconds on `CLOCK_MONOTONIC`: one clock for every process on the
@@ -47,4 +49,65 @@ pub fn max<T: Copy + PartialOrd>(values: &[T]) -> T {
 
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// The `http` example binary next to this bench's profile directory,
+/// built (or found up to date) by cargo.
+pub fn http_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<bench>-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("bench binary in target/<profile>/deps");
+    // `cargo bench` builds with the `bench` profile (release settings) into
+    // target/release: the same profile keeps both builds up to date.
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev".to_owned(),
+        Some("release") => "bench".to_owned(),
+        Some(other) => other.to_owned(),
+    };
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            "http",
+            "--profile",
+            &profile,
+        ])
+        .arg("--manifest-path")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+    if let Some(target_dir) = profile_dir.parent() {
+        build.arg("--target-dir").arg(target_dir);
+    }
+    // What cargo set for running this bench, not for building: build
+    // scripts (ring's) rerun when these change, and the next `cargo bench`
+    // would rebuild them back.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let per_package = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix));
+        if per_package
+            || matches!(
+                &*name,
+                "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
+            )
+        {
+            build.env_remove(&*name);
+        }
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(
+        status.success(),
+        "building the http example failed: {status}"
+    );
+    profile_dir.join("examples").join("http")
 }
