@@ -19,7 +19,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -104,6 +104,7 @@ impl Builder {
                 state: Mutex::new(State::default()),
                 changed: Event::new(),
                 hooks: Mutex::new(Vec::new()),
+                hooks_ran: AtomicBool::new(false),
                 drain_timeout: self.drain_timeout,
                 pre_drain_delay: self.pre_drain_delay,
             }),
@@ -119,6 +120,9 @@ struct Inner {
     /// Notified on every phase change and every deadline change.
     changed: Event,
     hooks: Mutex<Vec<Weak<dyn PhaseHook>>>,
+    /// The `on_stopped` hooks have run: [`Shutdown::stopped`] returns only
+    /// then, whichever thread reached Stopped and ran them.
+    hooks_ran: AtomicBool,
     drain_timeout: Duration,
     pre_drain_delay: Duration,
 }
@@ -376,6 +380,7 @@ impl Shutdown {
         }
         if previous != STOPPED {
             self.run_hooks(|hook| hook.on_stopped());
+            self.inner.hooks_ran.store(true, Ordering::SeqCst);
         }
         self.inner.changed.notify(usize::MAX);
     }
@@ -398,7 +403,10 @@ impl Shutdown {
         }
     }
 
-    /// Waits until the coordinator is [`Phase::Stopped`].
+    /// Waits until the coordinator is [`Phase::Stopped`] and the library's
+    /// own clean-up for it has run (a Unix socket file removed, the live
+    /// handoff's channels closed), whichever thread reached `Stopped`: a
+    /// process may exit as soon as it returns.
     ///
     /// This is also what enforces time: while it is awaited, it moves the
     /// coordinator to `Stopped` once every guard is gone or the deadline
@@ -408,7 +416,10 @@ impl Shutdown {
         loop {
             let listener = self.inner.changed.listen();
             match self.phase() {
-                Phase::Stopped => return,
+                // Once the hooks have run (the thread that reached Stopped
+                // notifies when they have).
+                Phase::Stopped if self.inner.hooks_ran.load(Ordering::SeqCst) => return,
+                Phase::Stopped => listener.await,
                 Phase::Running => match self.delayed_drain() {
                     Some(start) => self.working_until(listener, Some(start)).await,
                     None if self.is_draining() => {}
@@ -420,7 +431,7 @@ impl Shutdown {
                             tracing::warn!(guards = self.guards(), "drain deadline passed");
                         }
                         self.stop();
-                        return;
+                        continue;
                     }
                     self.working_until(listener, Some(deadline)).await;
                 }
@@ -492,6 +503,7 @@ impl Shutdown {
         if stopped {
             tracing::info!("stopped");
             self.run_hooks(|hook| hook.on_stopped());
+            self.inner.hooks_ran.store(true, Ordering::SeqCst);
             self.inner.changed.notify(usize::MAX);
         }
     }
@@ -601,5 +613,46 @@ mod tests {
         assert!(shutdown.hand_over().is_some());
         assert_eq!(shutdown.reason(), Some(Reason::Upgrade));
         assert!(shutdown.is_draining());
+    }
+
+    /// A hook that waits in `on_stopped` until it is let go.
+    struct HeldHook {
+        entered: std::sync::mpsc::SyncSender<()>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl PhaseHook for HeldHook {
+        fn on_draining(&self) {}
+        fn on_stopped(&self) {
+            self.entered.send(()).unwrap();
+            self.release.lock().unwrap().recv().unwrap();
+        }
+    }
+
+    /// `stopped()` returns only once the hooks have run, whichever thread
+    /// reached Stopped: a process that exits as soon as it returns must
+    /// not cut a hook short (the removal of a Unix socket file, say).
+    #[test]
+    fn stopped_waits_for_the_hooks_run_on_another_thread() {
+        let shutdown = Shutdown::new();
+        let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let hook: Arc<dyn PhaseHook> = Arc::new(HeldHook {
+            entered: entered_tx,
+            release: Mutex::new(release_rx),
+        });
+        shutdown.add_hook(Arc::downgrade(&hook));
+        let guard = shutdown.guard();
+        shutdown.graceful(Duration::from_secs(60));
+        // The last guard drops on another thread, which runs the hooks.
+        let stopping = std::thread::spawn(move || drop(guard));
+        entered.recv().unwrap();
+        assert!(shutdown.is_stopped());
+        let early =
+            futures_lite::future::block_on(futures_lite::future::poll_once(shutdown.stopped()));
+        assert!(early.is_none(), "stopped() returned while a hook still ran");
+        release.send(()).unwrap();
+        stopping.join().unwrap();
+        futures_lite::future::block_on(shutdown.stopped());
     }
 }
