@@ -390,9 +390,15 @@ impl Relay {
         // What the successor has said already; no waiting.
         let mut cx = Context::from_waker(Waker::noop());
         let mut closed = None;
+        // The caller holds the lock on `outbound`: the guard goes back to
+        // it, never dropped here (dropping the last one runs the hooks,
+        // which take that lock).
+        let mut released = None;
         for _ in 0..PER_POLL {
             match out.acks.poll_next(&mut cx) {
-                Poll::Ready(Ok(AckEvent::Taken(taken))) => drop(out.taken(taken, &self.stats)),
+                Poll::Ready(Ok(AckEvent::Taken(taken))) => {
+                    released = released.or(out.taken(taken, &self.stats));
+                }
                 Poll::Ready(Ok(AckEvent::Closed { taken })) => {
                     closed = Some(taken);
                     break;
@@ -409,9 +415,9 @@ impl Relay {
                 );
             }
             self.stats.unconfirmed.fetch_add(left, Ordering::SeqCst);
-            return out.guard.take();
+            return released.or(out.guard.take());
         };
-        drop(out.taken(taken, &self.stats));
+        released = released.or(out.taken(taken, &self.stats));
         for (_, went) in std::mem::take(&mut out.in_flight) {
             let error = io::Error::new(
                 io::ErrorKind::NotConnected,
@@ -422,7 +428,7 @@ impl Relay {
                 close_gracefully(fd);
             }
         }
-        out.guard.take()
+        released.or(out.guard.take())
     }
 }
 
