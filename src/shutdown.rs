@@ -372,17 +372,16 @@ impl Shutdown {
             state.stop_asked = true;
         }
         let previous = self.inner.phase.swap(STOPPED, Ordering::SeqCst);
-        if previous != STOPPED {
-            tracing::info!(guards = self.guards(), "stopping now");
+        if previous == STOPPED {
+            self.inner.changed.notify(usize::MAX);
+            return;
         }
+        tracing::info!(guards = self.guards(), "stopping now");
+        let _ran = HooksRan(&self.inner);
         if previous == RUNNING {
             self.run_hooks(|hook| hook.on_draining());
         }
-        if previous != STOPPED {
-            self.run_hooks(|hook| hook.on_stopped());
-            self.inner.hooks_ran.store(true, Ordering::SeqCst);
-        }
-        self.inner.changed.notify(usize::MAX);
+        self.run_hooks(|hook| hook.on_stopped());
     }
 
     /// Waits until draining starts (returns at once if it already has).
@@ -502,9 +501,8 @@ impl Shutdown {
             .is_ok();
         if stopped {
             tracing::info!("stopped");
+            let _ran = HooksRan(&self.inner);
             self.run_hooks(|hook| hook.on_stopped());
-            self.inner.hooks_ran.store(true, Ordering::SeqCst);
-            self.inner.changed.notify(usize::MAX);
         }
     }
 
@@ -517,6 +515,18 @@ impl Shutdown {
         for hook in hooks {
             run(&*hook);
         }
+    }
+}
+
+/// Marks the `on_stopped` hooks as run and wakes [`Shutdown::stopped`]
+/// when dropped: after the hooks, or while unwinding from one that
+/// panicked, so that `stopped()` never waits forever.
+struct HooksRan<'a>(&'a Inner);
+
+impl Drop for HooksRan<'_> {
+    fn drop(&mut self) {
+        self.0.hooks_ran.store(true, Ordering::SeqCst);
+        self.0.changed.notify(usize::MAX);
     }
 }
 
@@ -654,5 +664,38 @@ mod tests {
         release.send(()).unwrap();
         stopping.join().unwrap();
         futures_lite::future::block_on(shutdown.stopped());
+    }
+
+    struct PanickingHook;
+
+    impl PhaseHook for PanickingHook {
+        fn on_draining(&self) {}
+        fn on_stopped(&self) {
+            panic!("a hook that fails");
+        }
+    }
+
+    /// A hook that panics on the thread that reached Stopped does not leave
+    /// `stopped()` waiting forever elsewhere.
+    #[test]
+    fn stopped_returns_after_a_hook_panicked() {
+        let shutdown = Shutdown::new();
+        let hook: Arc<dyn PhaseHook> = Arc::new(PanickingHook);
+        shutdown.add_hook(Arc::downgrade(&hook));
+        let guard = shutdown.guard();
+        shutdown.graceful(Duration::from_secs(60));
+        let dropping = std::thread::spawn(move || drop(guard));
+        assert!(dropping.join().is_err(), "the hook panicked");
+        let waited = futures_lite::future::block_on(futures_lite::future::or(
+            async {
+                shutdown.stopped().await;
+                true
+            },
+            async {
+                async_io::Timer::after(Duration::from_secs(30)).await;
+                false
+            },
+        ));
+        assert!(waited, "stopped() still waits");
     }
 }

@@ -225,9 +225,12 @@ impl SignalHandler {
                             _ => futures_lite::future::pending().await,
                         }
                     };
+                    // Signals first: a stop that arrived while the child got
+                    // ready is acted on before the upgrade hands over, so it
+                    // stops the child too rather than this process alone.
                     match futures_lite::future::or(
-                        upgrade_done,
-                        futures_lite::future::or(ready, signal),
+                        signal,
+                        futures_lite::future::or(upgrade_done, ready),
                     )
                     .await
                     {

@@ -393,8 +393,9 @@ impl<S: AsyncRead + AsFd> AsyncRead for Tracked<S> {
                     let guarded = conn.busy_guards.load(Ordering::SeqCst) > 0;
                     if guarded || *this.write_blocked {
                         close.phase = Close::Open;
-                        // A guard's drop makes it Idle again; a blocked
-                        // write's end wakes this read, which sees it idle.
+                        // Busy until its guard is dropped and (automatic
+                        // policy) its response written; a blocked write's
+                        // end wakes this read, which sees it idle.
                         shared.set_state(conn, if guarded { BUSY } else { IDLE });
                         continue;
                     }

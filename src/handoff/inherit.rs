@@ -124,6 +124,7 @@ pub(crate) fn take() -> Result<Inherited, InheritError> {
         }
     };
 
+    let from_a_parent = listed.iter().any(|listed| listed.name == READY_PIPE_NAME);
     // Every listed fd is ours from here, whatever is wrong with the others:
     // on an error they are closed, never left open (and inheritable) for a
     // process that carries on without them.
@@ -141,23 +142,30 @@ pub(crate) fn take() -> Result<Inherited, InheritError> {
             }
         }
     }
-    let from_a_parent = taken.iter().any(|(_, name, _)| name == READY_PIPE_NAME);
     if from_a_parent {
         // Started by a previous generation, with the start-up signals
         // blocked: record them instead, so that threads started from now
         // on do not inherit a blocked mask.
-        sys::signal::defer_startup_signals().map_err(InheritError::Io)?;
+        if let Err(e) = sys::signal::defer_startup_signals() {
+            release_startup_signals();
+            return Err(InheritError::Io(e));
+        }
     }
     let checked = match missing {
         Some(error) => Err(error),
         None => check(taken),
     };
     if checked.is_err() && from_a_parent {
-        // No generation comes of this: the start-up signals take their
-        // usual course again, for a process that carries on without us.
-        sys::signal::release_startup_signals(sys::signal::STARTUP_SIGNALS);
+        release_startup_signals();
     }
     checked
+}
+
+/// No generation comes of this start-up: the start-up signals take their
+/// usual course again, for a process that carries on without an upgrader.
+fn release_startup_signals() {
+    sys::signal::release_startup_signals(sys::signal::STARTUP_SIGNALS);
+    let _ = sys::signal::unblock_startup_signals();
 }
 
 /// Sorts the taken fds into sockets, the readiness pipe and the handoff

@@ -286,9 +286,11 @@ impl Upgrader {
     /// - [`InheritError::Io`]: this process's executable could not be
     ///   found, or the start-up signals could not be recorded.
     ///
-    /// On an error every fd that was passed is closed, and the start-up
-    /// signals have their usual effect: a process that carries on without
-    /// an upgrader is not left with them blocked.
+    /// On an error about the fds, every fd that was listed is closed; on
+    /// any error after the variables were read, the start-up signals have
+    /// their usual effect: a process that carries on without an upgrader
+    /// is not left with them blocked. (Malformed variables name no fd to
+    /// close: nothing is touched.)
     pub fn new(shutdown: &Shutdown, options: Options) -> Result<Upgrader, InheritError> {
         let Inherited {
             sockets,
@@ -562,9 +564,10 @@ impl Upgrader {
             None => return Err(self.rolled_back(UpgradeError::Aborted, started)),
         };
         if !inner.shutdown.claim_handover() {
-            // Ready just as the service was told to stop: it stops too. (Our
-            // end of the handoff channel closes on return, so that the
-            // child's drain does not wait for it.)
+            // Ready just as the service was told to stop: it stops too. Our
+            // end of the handoff channel closes first, so that the child's
+            // drain does not wait for it while we wait for the child.
+            drop(outbound);
             let signal = match inner.shutdown.is_stopped() {
                 true => rustix::process::Signal::QUIT,
                 false => rustix::process::Signal::TERM,
@@ -729,6 +732,17 @@ impl Upgrader {
             ))),
         };
         let replacement = match replacement {
+            Ok((new, child, _)) if inner.shutdown.stop_asked() => {
+                // Ready just as this process was asked to stop: nothing
+                // serves again behind the stop.
+                child.signal(rustix::process::Signal::TERM);
+                child.release();
+                tracing::warn!(
+                    new,
+                    "upgrade: a stop was asked for; the replacement is stopped too"
+                );
+                Err(Box::new(UpgradeError::ShuttingDown))
+            }
             Ok((new, child, outbound)) => {
                 child.release();
                 if let Some((sender, acks)) = outbound {

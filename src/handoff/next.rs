@@ -157,9 +157,11 @@ pub(crate) async fn start_ready(
         },
     )
     .await;
+    // Bound in this order, so that the child is dropped (killed) first
+    // should this future be dropped while it is being killed.
     let Starting {
-        mut child,
         pipe_read,
+        mut child,
     } = starting;
     match waited {
         Ok(pid) => Ok((pid, child)),
