@@ -409,11 +409,27 @@ impl Server {
 }
 
 impl Drop for Server {
-    /// After a failure, no generation may outlive its test.
+    /// No generation may outlive its test. Oldest first: a generation that
+    /// outlived its child (killed in its probation) would start a
+    /// replacement nobody here knows of. Pid numbers wrap, so the order is
+    /// the generations', not the pids'.
     fn drop(&mut self) {
-        for pid in self.alive() {
-            let _ = signal(pid, Signal::KILL);
-            wait_gone(pid, Duration::from_secs(5));
+        let mut order = vec![self.first_pid];
+        {
+            let seen = self.shared.lock();
+            for event in &seen.events {
+                if let Event::Upgraded { child, .. } = event {
+                    order.push(*child);
+                }
+            }
+            order.extend(seen.pids.iter().copied());
+        }
+        let mut killed = BTreeSet::new();
+        for pid in order {
+            if killed.insert(pid) && alive(pid) {
+                let _ = signal(pid, Signal::KILL);
+                wait_gone(pid, Duration::from_secs(5));
+            }
         }
     }
 }
