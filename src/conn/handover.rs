@@ -142,11 +142,18 @@ mod tests {
         .map_or(Poll::Pending, Poll::Ready)
     }
 
-    /// A connection waiting for room on the channel that becomes busy
-    /// again (a guard taken from elsewhere, as over split halves) is not
-    /// sent mid-response: it stays until it is idle again, then moves.
-    #[test]
-    fn a_connection_busy_again_while_waiting_to_move_stays_until_idle() {
+    /// A connection of an opted-in listener that has served a request, is
+    /// idle, and waits for room on the (full) channel to move: the drain
+    /// after a handover has reached it.
+    struct Waiting {
+        _client: TcpStream,
+        _shutdown: Shutdown,
+        tracker: Tracker,
+        stub: Arc<Stub>,
+        conn: crate::Tracked<Async<TcpStream>>,
+    }
+
+    fn waiting_to_move() -> Waiting {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
@@ -170,23 +177,41 @@ mod tests {
         future::block_on(conn.read_exact(&mut request)).unwrap();
         future::block_on(conn.write_all(b"pong")).unwrap();
         assert!(shutdown.hand_over().is_some());
-
         // The drain reaches it idle: it is to move, and waits for room.
         assert!(poll_read_once(&mut conn).is_pending());
         assert_eq!(tracker.counts().closing, 1);
+        Waiting {
+            _client: client,
+            _shutdown: shutdown,
+            tracker,
+            stub,
+            conn,
+        }
+    }
+
+    /// A connection waiting for room on the channel that becomes busy
+    /// again (a guard taken from elsewhere, as over split halves) is not
+    /// sent mid-response: it stays until it is idle again, then moves.
+    #[test]
+    fn a_connection_busy_again_while_waiting_to_move_stays_until_idle() {
+        // Kept whole: the client must stay connected.
+        let mut waiting = waiting_to_move();
         // Busy again before there is room.
-        let busy = conn.busy();
-        stub.make_room();
+        let busy = waiting.conn.busy();
+        waiting.stub.make_room();
         assert!(
-            poll_read_once(&mut conn).is_pending(),
+            poll_read_once(&mut waiting.conn).is_pending(),
             "not sent while busy"
         );
-        assert_eq!(stub.sent.load(Ordering::SeqCst), 0);
-        assert_eq!(tracker.counts().busy, 1);
+        assert_eq!(waiting.stub.sent.load(Ordering::SeqCst), 0);
+        assert_eq!(waiting.tracker.counts().busy, 1);
         // Idle again: now it moves.
         drop(busy);
-        assert!(matches!(poll_read_once(&mut conn), Poll::Ready(Ok(0))));
-        assert_eq!(stub.sent.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            poll_read_once(&mut waiting.conn),
+            Poll::Ready(Ok(0))
+        ));
+        assert_eq!(waiting.stub.sent.load(Ordering::SeqCst), 1);
     }
 
     /// The same with a write that blocks (the client reads nothing) while
@@ -194,36 +219,15 @@ mod tests {
     #[test]
     fn a_connection_writing_while_waiting_to_move_stays_until_written() {
         use futures_lite::AsyncWrite;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        let shutdown = Shutdown::new();
-        let tracker = Tracker::with_config(
-            &shutdown,
-            Config::default()
-                .first_byte_grace(Duration::ZERO)
-                .idle_grace(Duration::ZERO),
-        );
-        let stub = Arc::new(Stub::default());
-        let mut conn = tracker.track(Async::new(server).unwrap());
-        let link = Handover {
-            successor: stub.clone(),
-            listener: "web".into(),
-        };
-        conn.set_handover(Arc::new(link), Vec::new());
-        client.write_all(b"ping").unwrap();
-        let mut request = [0u8; 4];
-        future::block_on(conn.read_exact(&mut request)).unwrap();
-        future::block_on(conn.write_all(b"pong")).unwrap();
-        assert!(shutdown.hand_over().is_some());
-        assert!(poll_read_once(&mut conn).is_pending());
+        // Kept whole: the client stays connected, reading nothing.
+        let mut waiting = waiting_to_move();
 
         // A response too big for the socket buffers, the client not reading.
         let chunk = vec![0u8; 1 << 16];
         let mut blocked = false;
         for _ in 0..1024 {
             let wrote = future::block_on(future::poll_once(future::poll_fn(|cx| {
-                Pin::new(&mut conn).poll_write(cx, &chunk)
+                Pin::new(&mut waiting.conn).poll_write(cx, &chunk)
             })));
             if wrote.is_none() {
                 blocked = true;
@@ -231,9 +235,12 @@ mod tests {
             }
         }
         assert!(blocked, "the socket buffers filled up");
-        stub.make_room();
-        assert!(poll_read_once(&mut conn).is_pending(), "not sent mid-write");
-        assert_eq!(stub.sent.load(Ordering::SeqCst), 0);
+        waiting.stub.make_room();
+        assert!(
+            poll_read_once(&mut waiting.conn).is_pending(),
+            "not sent mid-write"
+        );
+        assert_eq!(waiting.stub.sent.load(Ordering::SeqCst), 0);
     }
 
     /// A listener of a kind that cannot adopt a handed-over connection
