@@ -240,18 +240,7 @@ fn run(exe: &str, kind: Kind, n: usize, sleeping: bool) -> Sample {
     };
     let status = helper.wait().expect("the client helper exits");
     assert!(status.success(), "the client helper failed: {status}");
-    let fields: Vec<u64> = report
-        .split_whitespace()
-        .map(|f| f.parse().expect("a number"))
-        .collect();
-    let [last_eof, eofs, errors] = fields[..] else {
-        panic!("bad report from the client helper: {report:?}");
-    };
-    assert_eq!(
-        (eofs, errors),
-        (n as u64, 0),
-        "every connection must see a clean EOF"
-    );
+    let last_eof = common::EofTally::check(&report, n);
     Sample {
         last_eof: Duration::from_nanos(last_eof.saturating_sub(triggered)),
         stopped: Duration::from_nanos(stopped - triggered),
@@ -348,23 +337,15 @@ fn clients(addr: SocketAddr, n: usize, sleeping: bool) {
         conn.read_exact(&mut answer).expect("read the answer");
     }
 
-    let last_eof = std::cell::Cell::new(0u64);
-    let (eofs, errors) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+    let tally = common::EofTally::default();
     let ex = smol::LocalExecutor::new();
     let tasks: Vec<_> = conns
         .into_iter()
         .map(|conn| {
             let mut conn = Async::new(conn).expect("async");
-            let (last_eof, eofs, errors) = (&last_eof, &eofs, &errors);
+            let tally = &tally;
             ex.spawn(async move {
-                match conn.read(&mut [0u8; 1]).await {
-                    Ok(0) => {
-                        last_eof.set(last_eof.get().max(common::monotonic_ns()));
-                        eofs.set(eofs.get() + 1);
-                    }
-                    // Bytes after the answer, or a reset: wrong either way.
-                    _ => errors.set(errors.get() + 1),
-                }
+                tally.watch(&mut conn).await;
                 conn // closed after the last EOF
             })
         })
@@ -398,7 +379,7 @@ fn clients(addr: SocketAddr, n: usize, sleeping: bool) {
         all_eofs,
         future::or(poll_without_sleeping, timeout),
     )));
-    println!("eof {} {} {}", last_eof.get(), eofs.get(), errors.get());
+    println!("{}", tally.report());
     std::io::stdout().flush().unwrap();
     drop(conns);
 }

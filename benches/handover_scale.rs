@@ -68,7 +68,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
 use async_io::Async;
-use futures_lite::{future, AsyncReadExt};
+use futures_lite::future;
 use rustix::process::Signal;
 use seamless_test_support::client;
 use seamless_test_support::events::Event;
@@ -289,15 +289,7 @@ fn run(exe: &str, http: &Path, kind: Kind, n: usize) -> Sample {
         }
         Kind::Close => {
             assert_eq!(handed_over, 0);
-            let report = helper.line("eof");
-            let fields: Vec<u64> = report
-                .split_whitespace()
-                .map(|f| f.parse().expect("a number"))
-                .collect();
-            let [last_eof, eofs, errors] = fields[..] else {
-                panic!("bad report from the client helper: {report:?}");
-            };
-            assert_eq!((eofs, errors), (n as u64, 0), "a clean EOF on every one");
+            let last_eof = common::EofTally::check(&helper.line("eof"), n);
             Some(Duration::from_nanos(last_eof.saturating_sub(sent)))
         }
     };
@@ -430,24 +422,15 @@ fn clients(addr: SocketAddr, n: usize, close: bool) {
     };
     let mut stdin = BufReader::new(std::io::stdin());
     if close {
-        let last_eof = std::cell::Cell::new(0u64);
-        let (eofs, errors) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+        let tally = common::EofTally::default();
         let ex = smol::LocalExecutor::new();
         let tasks: Vec<_> = conns
             .into_iter()
             .map(|conn| {
                 let mut conn = Async::new(conn).expect("async");
-                let (last_eof, eofs, errors) = (&last_eof, &eofs, &errors);
-                ex.spawn(async move {
-                    match conn.read(&mut [0u8; 1]).await {
-                        Ok(0) => {
-                            last_eof.set(last_eof.get().max(common::monotonic_ns()));
-                            eofs.set(eofs.get() + 1);
-                        }
-                        // Bytes after the answer, or a reset: wrong either way.
-                        _ => errors.set(errors.get() + 1),
-                    }
-                })
+                let tally = &tally;
+                // Closed as soon as its EOF is seen, as a client does.
+                ex.spawn(async move { tally.watch(&mut conn).await })
             })
             .collect();
         // Every read registered before we say we are ready.
@@ -462,12 +445,7 @@ fn clients(addr: SocketAddr, n: usize, close: bool) {
             async_io::Timer::after(LONG).await;
         };
         smol::block_on(ex.run(future::or(all, timeout)));
-        say(&format!(
-            "eof {} {} {}",
-            last_eof.get(),
-            eofs.get(),
-            errors.get()
-        ));
+        say(&tally.report());
     } else {
         say(&format!("ready {pid}"));
         let mut line = String::new();

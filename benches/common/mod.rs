@@ -111,3 +111,51 @@ pub fn http_binary() -> PathBuf {
     );
     profile_dir.join("examples").join("http")
 }
+
+/// What a client helper saw when the server ended its idle connections:
+/// the latest EOF (`CLOCK_MONOTONIC` ns), how many EOFs, and how many
+/// reads that were anything else (bytes after the answer, a reset).
+#[derive(Debug, Default)]
+pub struct EofTally {
+    last_eof: std::cell::Cell<u64>,
+    eofs: std::cell::Cell<u64>,
+    errors: std::cell::Cell<u64>,
+}
+
+impl EofTally {
+    /// Waits for the server to end `conn`, and counts how it did.
+    pub async fn watch(&self, conn: &mut async_io::Async<std::net::TcpStream>) {
+        use futures_lite::AsyncReadExt;
+        match conn.read(&mut [0u8; 1]).await {
+            Ok(0) => {
+                self.last_eof.set(self.last_eof.get().max(monotonic_ns()));
+                self.eofs.set(self.eofs.get() + 1);
+            }
+            _ => self.errors.set(self.errors.get() + 1),
+        }
+    }
+
+    /// The line the helper writes: `eof LAST EOFS ERRORS`.
+    pub fn report(&self) -> String {
+        let (last, eofs, errors) = (self.last_eof.get(), self.eofs.get(), self.errors.get());
+        format!("eof {last} {eofs} {errors}")
+    }
+
+    /// Reads `LAST EOFS ERRORS` (a report without its word), checks that
+    /// each of `n` connections saw a clean EOF, and returns the last EOF.
+    pub fn check(report: &str, n: usize) -> u64 {
+        let fields: Vec<u64> = report
+            .split_whitespace()
+            .map(|f| f.parse().expect("a number"))
+            .collect();
+        let [last_eof, eofs, errors] = fields[..] else {
+            panic!("bad report from the client helper: {report:?}");
+        };
+        assert_eq!(
+            (eofs, errors),
+            (n as u64, 0),
+            "every connection must see a clean EOF"
+        );
+        last_eof
+    }
+}
