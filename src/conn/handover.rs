@@ -42,8 +42,8 @@ pub(crate) trait Successor: Send + Sync {
     fn poll_received(&self, cx: &mut Context<'_>, listener: &str) -> Option<(OwnedFd, Vec<u8>)>;
 }
 
-/// An opted-in listener's link to the successor, shared by its connections.
-#[derive(Clone)]
+/// An opted-in listener's link to the successor, shared by its connections
+/// (behind one `Arc`).
 pub(crate) struct Handover {
     pub(crate) successor: Arc<dyn Successor>,
     /// The name the listener is passed on under.
